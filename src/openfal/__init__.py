@@ -1,0 +1,19 @@
+"""openfal: a self-hosted generative-media inference platform that speaks the fal API."""
+
+from openfal.app.app import App, endpoint
+from openfal.app.context import RequestContext, current_request, progress
+from openfal.app.errors import AppException, FieldException, RequestCancelled
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "App",
+    "AppException",
+    "FieldException",
+    "RequestCancelled",
+    "RequestContext",
+    "__version__",
+    "current_request",
+    "endpoint",
+    "progress",
+]

@@ -1,0 +1,146 @@
+"""``openfal.App``: what a user subclasses to serve a model.
+
+An app is a class. Its attributes configure how the platform runs it (mirroring the hosted
+platform's names); ``setup()`` runs once per runner process; methods marked with
+:func:`endpoint` serve requests. The class is imported by the gateway only to read its
+configuration and schemas; the runner process is the only place it is instantiated.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
+
+from openfal.app.context import RequestContext, current_request
+
+_ENDPOINT_MARK = "__openfal_endpoint__"
+_PATH_RE = re.compile(r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
+# Sub-paths that would collide with the queue's by-id URLs or streaming suffix.
+_RESERVED_PATHS = {"/requests", "/stream"}
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """One HTTP endpoint of an app: where it lives and what it takes and returns."""
+
+    path: str
+    method_name: str
+    input_model: type[BaseModel] | None
+    output_model: Any
+    is_async: bool
+
+
+def endpoint(path: str = "/") -> Callable[[Callable], Callable]:
+    """Mark an App method as the endpoint served at ``path`` (``"/"`` is the app's root)."""
+    if not _PATH_RE.match(path) or path in _RESERVED_PATHS:
+        raise ValueError(f"invalid endpoint path {path!r}: use '/' or '/name[/name...]'")
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _ENDPOINT_MARK, path)
+        return fn
+
+    return mark
+
+
+def _kebab(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+def _endpoint_spec(path: str, fn: Callable) -> EndpointSpec:
+    hints = typing.get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters.values())[1:]
+    if len(params) > 1:
+        raise TypeError(f"endpoint {fn.__qualname__} must take one pydantic model argument")
+    input_model = hints.get(params[0].name) if params else None
+    if params and not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
+        raise TypeError(f"endpoint {fn.__qualname__}: its argument must be a pydantic model")
+    return EndpointSpec(
+        path=path,
+        method_name=fn.__name__,
+        input_model=input_model,
+        output_model=hints.get("return"),
+        is_async=inspect.iscoroutinefunction(fn),
+    )
+
+
+class App:
+    """Base class for apps. Configure with class attributes or class keyword arguments::
+
+        class Echo(openfal.App, keep_alive=300):
+            max_multiplexing = 4
+    """
+
+    app_name: ClassVar[str] = ""
+    # Owner part of the endpoint id; empty means the server's default owner.
+    app_owner: ClassVar[str] = ""
+    machine_type: ClassVar[str | list[str]] = "S"
+    num_gpus: ClassVar[int] = 0
+    requirements: ClassVar[list[str]] = []
+    keep_alive: ClassVar[float] = 60
+    min_concurrency: ClassVar[int] = 0
+    max_concurrency: ClassVar[int] = 1
+    max_multiplexing: ClassVar[int] = 1
+    request_timeout: ClassVar[float] = 3600
+    startup_timeout: ClassVar[float] = 600
+    # Seconds a cancelled in-progress request has to stop on its own before its runner is
+    # stopped for it.
+    cancel_grace_period: ClassVar[float] = 5
+    app_auth: ClassVar[str] = "private"
+
+    _endpoints: ClassVar[dict[str, EndpointSpec]] = {}
+
+    def __init_subclass__(cls, **config: Any) -> None:
+        super().__init_subclass__()
+        for key, value in config.items():
+            if not hasattr(App, key) or key.startswith("_"):
+                raise TypeError(f"unknown App option {key!r}")
+            setattr(cls, key, value)
+        if "app_name" not in cls.__dict__ and "app_name" not in config:
+            cls.app_name = _kebab(cls.__name__)
+        cls._endpoints = cls._collect_endpoints()
+        cls._check_config()
+
+    @classmethod
+    def _collect_endpoints(cls) -> dict[str, EndpointSpec]:
+        found: dict[str, EndpointSpec] = {}
+        for name in dir(cls):
+            fn = getattr(cls, name, None)
+            path = getattr(fn, _ENDPOINT_MARK, None)
+            if path is None:
+                continue
+            if path in found:
+                raise TypeError(f"{cls.__name__}: two endpoints at {path!r}")
+            found[path] = _endpoint_spec(path, fn)
+        return dict(sorted(found.items()))
+
+    @classmethod
+    def _check_config(cls) -> None:
+        if cls.max_multiplexing < 1 or cls.max_concurrency < 1:
+            raise ValueError(f"{cls.__name__}: max_multiplexing and max_concurrency must be >= 1")
+        if not 0 <= cls.min_concurrency <= cls.max_concurrency:
+            raise ValueError(f"{cls.__name__}: min_concurrency must be in [0, max_concurrency]")
+
+    @classmethod
+    def endpoints(cls) -> dict[str, EndpointSpec]:
+        return cls._endpoints
+
+    # Lifecycle hooks, overridden by apps.
+    def setup(self) -> Any:
+        """Load the model. Runs once per runner, before the runner takes requests."""
+
+    def teardown(self) -> Any:
+        """Release resources. Runs once when the runner stops cleanly."""
+
+    def provide_hints(self) -> list[str]:
+        """Routing hints: requests whose ``X-Fal-Runner-Hint`` matches prefer this runner."""
+        return []
+
+    @property
+    def current_request(self) -> RequestContext | None:
+        return current_request()

@@ -1,0 +1,58 @@
+"""Exceptions an app raises to shape the response its caller sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic_core
+from pydantic import ValidationError
+
+
+class AppException(Exception):
+    """Ends the request with ``status_code`` and ``{"detail": message}``.
+
+    A 503 tells the platform the runner is unhealthy: it is replaced and the request retried.
+    """
+
+    def __init__(self, message: str, status_code: int = 400, error_type: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+        self.error_type = error_type
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"detail": self.message}
+        if self.error_type:
+            body["error_type"] = self.error_type
+        return body
+
+
+class FieldException(AppException):
+    """A problem with one input field, reported as a pydantic-style 422 ``detail`` item."""
+
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        status_code: int = 422,
+        type: str = "value_error",
+    ):
+        super().__init__(message, status_code)
+        self.field = field
+        self.type = type
+
+    def to_body(self) -> dict[str, Any]:
+        loc = ["body", *self.field.split(".")]
+        return {"detail": [{"loc": loc, "msg": self.message, "type": self.type}]}
+
+
+class RequestCancelled(Exception):
+    """Raised inside an endpoint once its request has been cancelled."""
+
+
+def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
+    """Pydantic errors as JSON-safe ``detail`` items located in the request body."""
+    items = pydantic_core.from_json(exc.json(include_url=False))
+    for item in items:
+        item["loc"] = ["body", *item.get("loc", [])]
+    return items

@@ -1,0 +1,57 @@
+"""The ``openfal`` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from openfal.server import Platform, Settings, serve as serve_platform
+
+app = typer.Typer(help="openfal: a self-hosted generative-media inference platform.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+ServerOption = Annotated[str, typer.Option("--server", envvar="OPENFAL_SERVER",
+                                           help="URL of the openfal server.")]
+
+
+@app.callback()
+def _root() -> None:
+    """openfal: a self-hosted generative-media inference platform."""
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
+    data_dir: Annotated[Path, typer.Option(help="Where state lives.")] = Path.home() / ".openfal",
+    app_refs: Annotated[list[str] | None, typer.Option(
+        "--app", help="An app to serve, as path/to/file.py::ClassName (repeatable).")] = None,
+    owner: Annotated[str, typer.Option(help="Owner part of the apps' endpoint ids.")] = "openfal",
+    no_builtin: Annotated[bool, typer.Option(help="Serve only the apps named.")] = False,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 32,
+    retention_days: Annotated[float, typer.Option(
+        help="How long finished requests and their results are kept.")] = 30,
+) -> None:
+    """Start the platform: gateway, queue and runners, with state in DATA_DIR."""
+    settings = Settings(host=host, port=port, data_dir=data_dir.expanduser(),
+                        apps=app_refs or [], builtin_apps=not no_builtin, owner=owner,
+                        max_body_bytes=int(max_body_mb * 1024 * 1024),
+                        retention_seconds=retention_days * 24 * 3600)
+
+    def announce(platform: Platform, url: str) -> None:
+        console.print(f"openfal listening on {url}", highlight=False)
+        console.print(f"data dir: {settings.data_dir}", highlight=False)
+        for served in platform.registry.apps.values():
+            for endpoint_id in served.endpoint_ids():
+                console.print(f"  serving {endpoint_id}  ({served.ref})", highlight=False)
+
+    serve_platform(settings, on_ready=announce)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,356 @@
+"""The dispatcher: every live request's path from waiting, to a runner, to an outcome.
+
+It owns the in-memory view of active requests (one :class:`Job` each) and keeps the store
+in step: a queued request is committed before its id is returned, every attempt is
+recorded, and an outcome is committed before anyone is told about it. On start it picks up
+what a previous process left unfinished: queued requests wait again, in-progress ones are
+retried (their runner died with that process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from openfal.app.registry import Registry, ServedApp
+from openfal.dispatcher.jobs import Attempt, Job, Priority
+from openfal.dispatcher.pool import AppPool
+from openfal.dispatcher.runners import RunnerHandle
+from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status, Store
+
+log = logging.getLogger(__name__)
+
+# Runner answers that mean "this runner is unwell, try another": the hosted platform's rule.
+_RETRY_STATUSES = {503, 504}
+
+
+def failure(status: int, detail: str, error_type: str,
+            headers: dict[str, str] | None = None) -> Outcome:
+    body = json.dumps({"detail": detail, "error_type": error_type}).encode()
+    return Outcome(status=status, body=body, error=detail, error_type=error_type,
+                   headers={"x-fal-error-type": error_type, **(headers or {})})
+
+
+def cancelled() -> Outcome:
+    return failure(499, "Request cancelled", "client_cancelled")
+
+
+class CancelResult(enum.StrEnum):
+    CANCELLATION_REQUESTED = "CANCELLATION_REQUESTED"
+    ALREADY_COMPLETED = "ALREADY_COMPLETED"
+    NOT_FOUND = "NOT_FOUND"
+
+
+class QueueFull(Exception):
+    pass
+
+
+class Dispatcher:
+    def __init__(self, store: Store, registry: Registry, *, retention_seconds: float):
+        self.store = store
+        self.registry = registry
+        self.retention_seconds = retention_seconds
+        self.jobs: dict[str, Job] = {}
+        self.pools: dict[str, AppPool] = {}
+        self._background: set[asyncio.Task] = set()
+
+    # Lifecycle
+    async def start(self) -> None:
+        for app in self.registry.apps.values():
+            self.pools[app.app_id] = AppPool(
+                app, start_attempt=self._start_attempt, on_message=self._on_message,
+                on_exit=self._on_runner_exit, on_setup_failure=self._on_setup_failure)
+        await self._recover()
+        for pool in self.pools.values():
+            pool.pump()
+        self._spawn(self._purge_loop())
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*(pool.shutdown() for pool in self.pools.values()))
+
+    async def _recover(self) -> None:
+        now = time.time()
+        for record in await self.store.unfinished():
+            job = Job.from_record(record)
+            if record.app_id not in self.pools:
+                await self._finish(job, failure(
+                    404, f"App {record.app_id} is no longer served", "app_not_found"))
+                continue
+            if record.status is Status.IN_PROGRESS:
+                # Its runner went down with the previous server process.
+                self.store.end_attempt(job.id, job.attempts, now, "lost", "runner_disconnected")
+                if not job.may_retry():
+                    await self._finish(job, failure(
+                        503, "The runner stopped while serving the request",
+                        "runner_disconnected"))
+                    continue
+                self.store.requeue(job.id)
+            self.jobs[job.id] = job
+            self._arm_start_deadline(job)
+            if not job.finished:
+                self.pools[job.app_id].queues[job.priority].append(job)
+        log.info("recovered %d unfinished requests", len(self.jobs))
+
+    # Entry points
+    def new_job(self, app: ServedApp, path: str, payload: bytes, headers: dict[str, str],
+                mode: Mode, priority: Priority, options: dict[str, Any]) -> Job:
+        return Job(id=str(uuid.uuid4()), app_id=app.app_id, endpoint_id=app.endpoint_id(path),
+                   path=path, mode=mode, payload=payload, headers=headers,
+                   priority=priority, created_at=time.time(), options=options)
+
+    async def submit(self, job: Job, max_queue_length: int | None = None) -> None:
+        """Accept a queued request: returns once it is committed to the store."""
+        pool = self.pools[job.app_id]
+        if max_queue_length is not None and pool.queued_requests() >= max_queue_length:
+            raise QueueFull(pool.queued_requests())
+        await self.store.add_request(job.to_record())
+        self.jobs[job.id] = job
+        self._arm_start_deadline(job)
+        pool.enqueue(job)
+
+    async def run_direct(self, job: Job) -> Outcome:
+        """Run a request now, without the queue's durability or retries."""
+        self.jobs[job.id] = job
+        self._arm_start_deadline(job)
+        self.pools[job.app_id].enqueue(job)
+        try:
+            return await asyncio.shield(job.done)
+        except asyncio.CancelledError:
+            self.cancel(job.id)
+            raise
+
+    def cancel(self, request_id: str) -> CancelResult:
+        job = self.jobs.get(request_id)
+        if job is None:
+            return CancelResult.NOT_FOUND
+        if job.finished:
+            return CancelResult.ALREADY_COMPLETED
+        job.cancel_requested = True
+        if self.pools[job.app_id].remove(job):
+            self._finish_soon(job, cancelled())
+        elif job.attempt is not None:
+            attempt = job.attempt
+            attempt.runner.send({"t": "cancel", "id": job.id})
+            grace = self.pools[job.app_id].config.cancel_grace_period
+            asyncio.get_running_loop().call_later(grace, self._hard_cancel, attempt)
+        return CancelResult.CANCELLATION_REQUESTED
+
+    def _hard_cancel(self, attempt: Attempt) -> None:
+        if attempt.job.attempt is attempt and attempt.job.id in attempt.runner.in_flight:
+            log.warning("request %s ignored its cancellation; stopping runner %s",
+                        attempt.job.id, attempt.runner.id)
+            attempt.failure = (499, "client_cancelled")
+            attempt.runner.kill()
+
+    # Attempts
+    def _start_attempt(self, job: Job, runner: RunnerHandle) -> None:
+        job.attempts += 1
+        now = time.time()
+        attempt = Attempt(job=job, number=job.attempts, attempt_id=str(uuid.uuid4()),
+                          runner=runner, started_at=now)
+        job.attempt = attempt
+        job.status = Status.IN_PROGRESS
+        if job.deadline_timer is not None:
+            job.deadline_timer.cancel()
+        runner.in_flight[job.id] = attempt
+        runner.send({"t": "run", "id": job.id, "path": job.path, "body": job.payload,
+                     "headers": job.headers})
+        timeout = self.pools[job.app_id].config.request_timeout
+        attempt.timer = asyncio.get_running_loop().call_later(
+            timeout, self._attempt_timed_out, attempt)
+        if job.mode is Mode.QUEUE:
+            self.store.start_attempt(job.id, attempt.number, attempt.attempt_id, runner.id, now)
+        job.notify()
+
+    def _attempt_timed_out(self, attempt: Attempt) -> None:
+        if attempt.job.id in attempt.runner.in_flight:
+            log.warning("request %s exceeded its request_timeout; stopping runner %s",
+                        attempt.job.id, attempt.runner.id)
+            attempt.failure = (504, "request_timeout")
+            attempt.runner.kill()
+
+    def _on_message(self, runner: RunnerHandle, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        attempt = runner.in_flight.get(message.get("id", ""))
+        if attempt is None:
+            return
+        job = attempt.job
+        if kind == "result":
+            runner.in_flight.pop(job.id)
+            runner.hints = message.get("hints") or runner.hints
+            status, body = message["status"], message["body"]
+            self._end_attempt(attempt, Outcome(status=status, body=body,
+                                               inference_time=time.time() - attempt.started_at))
+            if status == 503:
+                runner.kill()
+            pool = self.pools[job.app_id]
+            pool.watch_idle(runner)
+            pool.pump()
+        elif kind == "log":
+            entry = LogEntry(message["message"], message.get("level", "INFO"),
+                             message.get("source", "user"), time.time())
+            job.logs.append(entry)
+            self.store.add_logs(job.id, [entry])
+            job.notify()
+        elif kind == "progress":
+            job.progress = {"step": message["step"], "total": message["total"],
+                            "message": message.get("message")}
+            job.notify()
+
+    def _on_runner_exit(self, runner: RunnerHandle) -> None:
+        for attempt in list(runner.in_flight.values()):
+            status, error_type = attempt.failure or (503, "runner_disconnected")
+            detail = {"request_timeout": "The request exceeded its request_timeout",
+                      "client_cancelled": "Request cancelled",
+                      "runner_disconnected": "The runner stopped while serving the request",
+                      }[error_type]
+            self._end_attempt(attempt, failure(status, detail, error_type))
+        runner.in_flight.clear()
+
+    def _end_attempt(self, attempt: Attempt, outcome: Outcome) -> None:
+        job = attempt.job
+        if attempt.timer is not None:
+            attempt.timer.cancel()
+        job.attempt = None
+        failed = outcome.status >= 500 or outcome.status == 499
+        if job.mode is Mode.QUEUE:
+            self.store.end_attempt(job.id, attempt.number, time.time(),
+                                   "failed" if failed else "ok",
+                                   outcome.error_type or _body_error_type(outcome.body))
+        if job.cancel_requested and outcome.status >= 500:
+            outcome = cancelled()
+        if outcome.status in _RETRY_STATUSES and job.may_retry():
+            log.info("request %s: attempt %d failed with %d, retrying", job.id,
+                     attempt.number, outcome.status)
+            job.status = Status.IN_QUEUE
+            self.store.requeue(job.id)
+            self._arm_start_deadline(job)
+            self.pools[job.app_id].enqueue(job, front=True)
+            job.notify()
+            return
+        if not outcome.ok and outcome.error_type is None:
+            outcome.error_type = _body_error_type(outcome.body) or _default_error_type(
+                outcome.status)
+            outcome.error = _body_detail(outcome.body)
+            outcome.headers.setdefault("x-fal-error-type", outcome.error_type)
+        self._finish_soon(job, outcome)
+
+    def _on_setup_failure(self, pool: AppPool, reason: str) -> None:
+        for job in pool.take_waiting():
+            self._finish_soon(job, failure(
+                503, f"No runner could be started for {pool.app.app_id}: {reason}",
+                "runner_scheduling_failure"))
+
+    # Start deadlines (X-Fal-Request-Timeout)
+    def _arm_start_deadline(self, job: Job) -> None:
+        deadline = job.start_deadline
+        if deadline is None:
+            return
+        if job.deadline_timer is not None:
+            job.deadline_timer.cancel()
+        delay = max(0.0, deadline - time.time())
+        job.deadline_timer = asyncio.get_running_loop().call_later(
+            delay, self._start_deadline_passed, job)
+
+    def _start_deadline_passed(self, job: Job) -> None:
+        if job.finished or job.attempt is not None:
+            return
+        self.pools[job.app_id].remove(job)
+        self._finish_soon(job, failure(
+            504, "The request did not start before its X-Fal-Request-Timeout",
+            "request_timeout", {"x-fal-request-timeout-type": "user"}))
+
+    # Outcomes
+    def _finish_soon(self, job: Job, outcome: Outcome) -> None:
+        self._spawn(self._finish(job, outcome))
+
+    async def _finish(self, job: Job, outcome: Outcome) -> None:
+        if job.finished:
+            return
+        job.finished = True
+        if job.deadline_timer is not None:
+            job.deadline_timer.cancel()
+        finished_at = time.time()
+        if job.mode is Mode.QUEUE:
+            await self.store.complete(job.id, outcome, finished_at)
+        else:
+            self.store.add_request(self._direct_record(job, outcome, finished_at))
+        job.status = Status.COMPLETED
+        self.jobs.pop(job.id, None)
+        job.notify()
+        if not job.done.done():
+            job.done.set_result(outcome)
+
+    @staticmethod
+    def _direct_record(job: Job, outcome: Outcome, finished_at: float) -> RequestRecord:
+        record = job.to_record()
+        record.status = Status.COMPLETED
+        record.finished_at = finished_at
+        record.result_status = outcome.status
+        record.result_body = outcome.body
+        record.result_headers = outcome.headers
+        record.error, record.error_type = outcome.error, outcome.error_type
+        record.inference_time = outcome.inference_time
+        return record
+
+    # Housekeeping
+    async def _purge_loop(self) -> None:
+        interval = min(3600.0, max(1.0, self.retention_seconds / 10))
+        while True:
+            removed = await self.store.purge_finished_before(time.time() - self.retention_seconds)
+            if removed:
+                log.info("removed %d requests past their retention", removed)
+            await asyncio.sleep(interval)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # Views
+    def queue_position(self, job: Job) -> int:
+        return self.pools[job.app_id].position(job)
+
+    def runners(self) -> list[dict[str, Any]]:
+        return [runner.describe() for pool in self.pools.values()
+                for runner in pool.runners.values()]
+
+
+def _body_json(body: bytes) -> Any:
+    with contextlib.suppress(ValueError):
+        return json.loads(body)
+    return None
+
+
+def _body_error_type(body: bytes) -> str | None:
+    parsed = _body_json(body)
+    return parsed.get("error_type") if isinstance(parsed, dict) else None
+
+
+def _body_detail(body: bytes) -> str:
+    parsed = _body_json(body)
+    detail = parsed.get("detail") if isinstance(parsed, dict) else None
+    if isinstance(detail, str):
+        return detail
+    return json.dumps(detail) if detail is not None else body.decode(errors="replace")[:500]
+
+
+def _default_error_type(status: int) -> str:
+    if status == 422:
+        return "validation_error"
+    if status < 500:
+        return "bad_request"
+    if status == 504:
+        return "request_timeout"
+    if status == 503:
+        return "runner_unavailable"
+    return "runner_server_error"

@@ -1,0 +1,101 @@
+"""A request while it is alive in the dispatcher: queued, running or being retried."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status
+
+if TYPE_CHECKING:
+    from openfal.dispatcher.runners import RunnerHandle
+
+MAX_ATTEMPTS = 10
+
+
+class Priority(enum.IntEnum):
+    DIRECT = 0
+    NORMAL = 1
+    LOW = 2
+
+
+@dataclass
+class Attempt:
+    job: Job
+    number: int
+    attempt_id: str
+    runner: RunnerHandle
+    started_at: float
+    # Set when the platform ends the attempt itself (timeout, hard cancel): why, as
+    # (http status, error_type).
+    failure: tuple[int, str] | None = None
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class Job:
+    id: str
+    app_id: str
+    endpoint_id: str
+    path: str
+    mode: Mode
+    payload: bytes
+    headers: dict[str, str]
+    priority: Priority
+    created_at: float
+    options: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    status: Status = Status.IN_QUEUE
+    attempt: Attempt | None = None
+    logs: list[LogEntry] = field(default_factory=list)
+    progress: dict[str, Any] | None = None
+    cancel_requested: bool = False
+    finished: bool = False
+    done: asyncio.Future[Outcome] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    deadline_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def start_deadline(self) -> float | None:
+        return self.options.get("start_deadline")
+
+    @property
+    def no_retry(self) -> bool:
+        return bool(self.options.get("no_retry"))
+
+    @property
+    def runner_hint(self) -> str | None:
+        return self.options.get("runner_hint")
+
+    def may_retry(self) -> bool:
+        deadline = self.start_deadline
+        return (self.mode is Mode.QUEUE and not self.no_retry and not self.cancel_requested
+                and self.attempts < MAX_ATTEMPTS
+                and (deadline is None or time.time() < deadline))
+
+    def changed(self) -> asyncio.Event:
+        """An event set at the next change of status, logs or progress."""
+        return self._changed
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def to_record(self) -> RequestRecord:
+        return RequestRecord(
+            id=self.id, app_id=self.app_id, endpoint_id=self.endpoint_id, path=self.path,
+            mode=self.mode, status=self.status, payload=self.payload,
+            created_at=self.created_at, priority=int(self.priority), headers=self.headers,
+            options=self.options, attempts=self.attempts)
+
+    @classmethod
+    def from_record(cls, record: RequestRecord) -> Job:
+        return cls(id=record.id, app_id=record.app_id, endpoint_id=record.endpoint_id,
+                   path=record.path, mode=record.mode, payload=record.payload,
+                   headers=record.headers, priority=Priority(record.priority),
+                   created_at=record.created_at, options=record.options,
+                   attempts=record.attempts)

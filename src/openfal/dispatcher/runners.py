@@ -1,0 +1,118 @@
+"""The gateway's handle on one runner process: spawn, talk to, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from openfal.dispatcher.jobs import Attempt
+from openfal.runner.protocol import encode, read_message
+
+
+class RunnerState(enum.StrEnum):
+    SETUP = "setup"
+    IDLE = "idle"
+    RUNNING = "running"
+    DRAINING = "draining"
+
+
+class SetupFailed(Exception):
+    pass
+
+
+OnMessage = Callable[["RunnerHandle", dict[str, Any]], None]
+OnExit = Callable[["RunnerHandle"], Awaitable[None] | None]
+
+
+class RunnerHandle:
+    def __init__(self, app_id: str, app_ref: str, max_multiplexing: int):
+        self.id = uuid.uuid4().hex[:12]
+        self.app_id = app_id
+        self.app_ref = app_ref
+        self.max_multiplexing = max_multiplexing
+        self.draining = False
+        self.ready = False
+        self.pid: int | None = None
+        self.hints: list[str] = []
+        self.in_flight: dict[str, Attempt] = {}
+        self.started_at = time.time()
+        self.idle_since = time.monotonic()
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @property
+    def state(self) -> RunnerState:
+        if self.draining:
+            return RunnerState.DRAINING
+        if not self.ready:
+            return RunnerState.SETUP
+        return RunnerState.RUNNING if self.in_flight else RunnerState.IDLE
+
+    @property
+    def has_capacity(self) -> bool:
+        return self.ready and not self.draining and len(self.in_flight) < self.max_multiplexing
+
+    def describe(self) -> dict[str, Any]:
+        return {"runner_id": self.id, "app_id": self.app_id, "state": self.state.value,
+                "pid": self.pid, "in_flight": sorted(self.in_flight),
+                "started_at": self.started_at, "hints": self.hints}
+
+    async def start(self, startup_timeout: float) -> None:
+        """Spawn the process and wait until its ``setup()`` has finished."""
+        ours, theirs = socket.socketpair()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "openfal.runner", "--app", self.app_ref,
+            "--fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
+            start_new_session=True, env=env)
+        theirs.close()
+        self.pid = self._process.pid
+        self._reader, self._writer = await asyncio.open_connection(sock=ours)
+        try:
+            first = await asyncio.wait_for(read_message(self._reader), startup_timeout)
+        except TimeoutError:
+            self.kill()
+            raise SetupFailed(f"setup() did not finish within {startup_timeout:g}s") from None
+        if first is None or first["t"] != "ready":
+            self.kill()
+            reason = first.get("error") if first else "the runner exited during setup"
+            raise SetupFailed(reason)
+        self.hints = first.get("hints") or []
+        self.ready = True
+        self.idle_since = time.monotonic()
+
+    async def serve(self, on_message: OnMessage) -> None:
+        """Deliver the runner's messages until it exits."""
+        assert self._reader is not None
+        while (message := await read_message(self._reader)) is not None:
+            on_message(self, message)
+        self.kill()
+        if self._process is not None:
+            await self._process.wait()
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.write(encode(message))
+
+    def stop(self) -> None:
+        """Let in-flight requests finish, then let the process exit on its own."""
+        self.draining = True
+        self.send({"t": "stop"})
+
+    def kill(self) -> None:
+        """Stop the process and everything it started, now."""
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGKILL)
+        if self._writer is not None:
+            self._writer.close()

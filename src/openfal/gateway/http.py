@@ -1,0 +1,59 @@
+"""Small HTTP helpers the gateway's routes share: JSON responses, errors, bounded bodies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic_core
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+class HTTPError(Exception):
+    """An error answer: ``{"detail": ..., "error_type": ...}`` with a status code."""
+
+    def __init__(self, status: int, detail: Any, error_type: str | None = None,
+                 headers: dict[str, str] | None = None):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.error_type = error_type
+        self.headers = headers or {}
+
+    def response(self) -> Response:
+        body: dict[str, Any] = {"detail": self.detail}
+        headers = dict(self.headers)
+        if self.error_type:
+            body["error_type"] = self.error_type
+            headers.setdefault("x-fal-error-type", self.error_type)
+        return json_response(body, self.status, headers)
+
+
+def json_response(content: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> Response:
+    return Response(pydantic_core.to_json(content), status, headers,
+                    media_type="application/json")
+
+
+def field_error(loc: list[str | int], msg: str, type_: str = "value_error") -> HTTPError:
+    return HTTPError(422, [{"loc": loc, "msg": msg, "type": type_}])
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing with 413 anything over ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> HTTPError:
+    return HTTPError(413, f"Request body is larger than the limit of {limit} bytes",
+                     "request_too_large")

@@ -1,0 +1,80 @@
+"""Turning an incoming HTTP request into a job: endpoint lookup, validation, options."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from openfal.app.app import EndpointSpec
+from openfal.app.errors import validation_detail
+from openfal.app.registry import ServedApp
+from openfal.dispatcher.jobs import Priority
+from openfal.gateway.http import HTTPError, field_error, read_body
+
+if TYPE_CHECKING:
+    from openfal.server import Platform
+
+_TRUE = {"1", "true", "yes"}
+_PRIORITIES = {"normal": Priority.NORMAL, "low": Priority.LOW}
+# Request headers an app may see: the platform's own and the app pass-throughs.
+_FORWARDED_PREFIXES = ("x-fal-", "x-app-fal-")
+
+
+def resolve_endpoint(platform: Platform, endpoint_id: str) -> tuple[ServedApp, EndpointSpec]:
+    found = platform.registry.resolve(endpoint_id)
+    if found is None:
+        raise HTTPError(404, f"Endpoint {endpoint_id!r} not found", "endpoint_not_found")
+    return found
+
+
+async def validated_payload(request: Request, platform: Platform, spec: EndpointSpec) -> bytes:
+    """The body, checked against the endpoint's input model; 422/413 otherwise."""
+    body = await read_body(request, platform.settings.max_body_bytes)
+    if not body.strip():
+        body = b"{}"
+    if spec.input_model is not None:
+        try:
+            spec.input_model.model_validate_json(body)
+        except ValidationError as exc:
+            raise HTTPError(422, validation_detail(exc)) from None
+    return body
+
+
+def job_options(request: Request) -> tuple[Priority, dict[str, Any]]:
+    headers = request.headers
+    options: dict[str, Any] = {}
+    timeout = headers.get("x-fal-request-timeout")
+    if timeout is not None:
+        try:
+            seconds = float(timeout)
+        except ValueError:
+            seconds = -1.0
+        if not seconds > 0:
+            raise field_error(["header", "x-fal-request-timeout"],
+                              "must be a positive number of seconds")
+        options["start_deadline"] = time.time() + seconds
+    priority_name = headers.get("x-fal-queue-priority", "normal").lower()
+    if priority_name not in _PRIORITIES:
+        raise field_error(["header", "x-fal-queue-priority"], "must be 'normal' or 'low'")
+    if headers.get("x-fal-no-retry", "").lower() in _TRUE:
+        options["no_retry"] = True
+    hint = headers.get("x-fal-runner-hint")
+    if hint:
+        options["runner_hint"] = hint
+    return _PRIORITIES[priority_name], options
+
+
+def forwarded_headers(request: Request) -> dict[str, str]:
+    return {k: v for k, v in request.headers.items() if k.startswith(_FORWARDED_PREFIXES)}
+
+
+def max_queue_length(request: Request) -> int | None:
+    raw = request.query_params.get("fal_max_queue_length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise field_error(["query", "fal_max_queue_length"], "must be a non-negative integer")
+    return int(raw)

@@ -1,0 +1,50 @@
+"""Routes about the platform itself: health, served apps, schemas, runners."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openfal import __version__
+from openfal.app.schema import endpoint_openapi
+from openfal.gateway.http import HTTPError, json_response
+from openfal.gateway.intake import resolve_endpoint
+from openfal.gateway.urls import base_url, schema_url
+from openfal.server import Platform
+
+
+async def health(request: Request) -> Response:
+    return json_response({"status": "ok", "version": __version__})
+
+
+async def apps(request: Request) -> Response:
+    platform: Platform = request.app.state.platform
+    listing = []
+    for app in platform.registry.apps.values():
+        for path, spec in app.cls.endpoints().items():
+            endpoint_id = app.endpoint_id(path)
+            listing.append({
+                "endpoint_id": endpoint_id, "app_id": app.app_id, "path": path,
+                "app_ref": app.ref, "is_async": spec.is_async,
+                "openapi_url": schema_url(request, endpoint_id),
+                "config": {key: getattr(app.cls, key) for key in (
+                    "machine_type", "keep_alive", "min_concurrency", "max_concurrency",
+                    "max_multiplexing", "request_timeout", "startup_timeout")},
+            })
+    return json_response({"endpoints": listing})
+
+
+async def openapi(request: Request) -> Response:
+    platform: Platform = request.app.state.platform
+    endpoint_id = request.query_params.get("endpoint_id")
+    if not endpoint_id:
+        raise HTTPError(422, [{"loc": ["query", "endpoint_id"], "msg": "Field required",
+                               "type": "missing"}])
+    app, spec = resolve_endpoint(platform, endpoint_id)
+    document = endpoint_openapi(endpoint_id, app.app_id, spec, base_url(request) + "/queue")
+    return json_response(document)
+
+
+async def runners(request: Request) -> Response:
+    platform: Platform = request.app.state.platform
+    return json_response({"runners": platform.dispatcher.runners()})

@@ -1,0 +1,162 @@
+"""The queue API: submit, status (polled and streamed), result, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pydantic_core
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from openfal.dispatcher.dispatcher import CancelResult, QueueFull
+from openfal.dispatcher.jobs import Job
+from openfal.gateway.http import HTTPError, json_response
+from openfal.gateway.intake import (
+    forwarded_headers,
+    job_options,
+    max_queue_length,
+    resolve_endpoint,
+    validated_payload,
+)
+from openfal.gateway.urls import queue_urls
+from openfal.server import Platform
+from openfal.store.base import LogEntry, Mode, RequestRecord, Status
+
+KEEPALIVE_SECONDS = 15.0
+_TRUE = {"1", "true", "yes"}
+
+
+async def submit(request: Request) -> Response:
+    platform: Platform = request.app.state.platform
+    app, spec = resolve_endpoint(platform, request.path_params["endpoint_id"])
+    priority, options = job_options(request)
+    limit = max_queue_length(request)
+    payload = await validated_payload(request, platform, spec)
+    job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
+                                      Mode.QUEUE, priority, options)
+    try:
+        await platform.dispatcher.submit(job, limit)
+    except QueueFull:
+        raise HTTPError(429, f"The queue of {app.app_id} is longer than {limit}",
+                        "queue_full") from None
+    body = {"status": Status.IN_QUEUE.value, "request_id": job.id,
+            **queue_urls(request, job.app_id, job.id),
+            "queue_position": platform.dispatcher.queue_position(job)}
+    return json_response(body, 200, {"x-fal-request-id": job.id})
+
+
+class _View:
+    """A request as the status routes see it: live in the dispatcher, or from the store."""
+
+    def __init__(self, job: Job | None, record: RequestRecord | None):
+        self.job = job
+        self.record = record
+
+    @property
+    def finished(self) -> bool:
+        return self.job is None
+
+
+async def _lookup(request: Request) -> _View:
+    platform: Platform = request.app.state.platform
+    request_id = request.path_params["request_id"]
+    app_id = f"{request.path_params['owner']}/{request.path_params['app']}"
+    job = platform.dispatcher.jobs.get(request_id)
+    if job is not None and job.app_id == app_id and job.mode is Mode.QUEUE:
+        return _View(job, None)
+    record = await platform.store.get_request(request_id)
+    # A job may have finished between the two looks.
+    if record is None or record.app_id != app_id or record.mode is not Mode.QUEUE:
+        raise HTTPError(404, "Request not found", "request_not_found")
+    if record.status is not Status.COMPLETED:
+        job = platform.dispatcher.jobs.get(request_id)
+        if job is not None:
+            return _View(job, None)
+    return _View(None, record)
+
+
+async def _status_body(request: Request, view: _View, with_logs: bool) -> dict[str, Any]:
+    platform: Platform = request.app.state.platform
+    if view.job is not None:
+        job = view.job
+        body: dict[str, Any] = {"status": job.status.value, "request_id": job.id,
+                                **queue_urls(request, job.app_id, job.id)}
+        if job.status is Status.IN_QUEUE:
+            body["queue_position"] = platform.dispatcher.queue_position(job)
+        body["logs"] = [e.to_wire() for e in job.logs] if with_logs else None
+        if job.progress is not None:
+            body["progress"] = job.progress
+        return body
+    record = view.record
+    assert record is not None
+    logs: list[LogEntry] | None = await platform.store.get_logs(record.id) if with_logs else None
+    body = {"status": Status.COMPLETED.value, "request_id": record.id,
+            **queue_urls(request, record.app_id, record.id),
+            "logs": [e.to_wire() for e in logs] if logs is not None else None,
+            "metrics": {"inference_time": record.inference_time}
+            if record.inference_time is not None else {}}
+    if record.error is not None or record.error_type is not None:
+        body["error"] = record.error
+        body["error_type"] = record.error_type
+    return body
+
+
+def _wants_logs(request: Request) -> bool:
+    return request.query_params.get("logs", "0").lower() in _TRUE
+
+
+async def status(request: Request) -> Response:
+    view = await _lookup(request)
+    body = await _status_body(request, view, _wants_logs(request))
+    return json_response(body, 200 if view.finished else 202)
+
+
+async def status_stream(request: Request) -> Response:
+    view = await _lookup(request)
+    with_logs = _wants_logs(request)
+    platform: Platform = request.app.state.platform
+
+    async def events() -> AsyncIterator[bytes]:
+        nonlocal view
+        while True:
+            changed = view.job.changed() if view.job is not None else None
+            body = await _status_body(request, view, with_logs)
+            yield b"data: " + pydantic_core.to_json(body) + b"\n\n"
+            if changed is None:
+                return
+            while not changed.is_set():
+                try:
+                    await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+            job = view.job
+            assert job is not None
+            if job.finished:
+                record = await platform.store.get_request(job.id)
+                view = _View(None, record)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"cache-control": "no-store"})
+
+
+async def result(request: Request) -> Response:
+    view = await _lookup(request)
+    if not view.finished:
+        raise HTTPError(400, "Request is still in progress", "request_in_progress")
+    record = view.record
+    assert record is not None and record.result_status is not None
+    headers = {"x-fal-request-id": record.id, **record.result_headers}
+    return Response(record.result_body, record.result_status, headers,
+                    media_type="application/json")
+
+
+async def cancel(request: Request) -> Response:
+    view = await _lookup(request)
+    platform: Platform = request.app.state.platform
+    outcome = (platform.dispatcher.cancel(view.job.id) if view.job is not None
+               else CancelResult.ALREADY_COMPLETED)
+    if outcome is CancelResult.CANCELLATION_REQUESTED:
+        return json_response({"status": outcome.value}, 202)
+    return json_response({"status": CancelResult.ALREADY_COMPLETED.value}, 400)

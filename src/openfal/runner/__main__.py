@@ -1,0 +1,3 @@
+from openfal.runner.process import main
+
+main()

@@ -1,0 +1,242 @@
+"""The runner: a separate OS process that hosts one App.
+
+Started by the gateway with one end of a socketpair. It imports the app, runs ``setup()``
+once, says ``ready``, then serves ``run`` messages, up to ``max_multiplexing`` at a time.
+Sync endpoints run in worker threads, async ones as tasks. ``print``/``logging`` output and
+progress calls are sent back tagged with the request id. When the gateway goes away (the
+channel closes) the runner exits at once, so a request never outlives the gateway that
+handed it out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import io
+import logging
+import os
+import socket
+import sys
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pydantic_core
+from pydantic import ValidationError
+
+from openfal.app.app import App, EndpointSpec
+from openfal.app.context import RequestContext, current_request, set_current_request
+from openfal.app.errors import AppException, RequestCancelled, validation_detail
+from openfal.app.loader import load_app
+from openfal.runner.protocol import encode, read_message
+
+
+class _RequestOutput(io.TextIOBase):
+    """Routes writes made while serving a request into that request's logs."""
+
+    def __init__(self, original: Any, level: str):
+        self._original = original
+        self._level = level
+        self._partial: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        ctx = current_request()
+        if ctx is None:
+            return self._original.write(text)
+        with self._lock:
+            pending = self._partial.pop(ctx.request_id, "") + text
+            *lines, rest = pending.split("\n")
+            if rest:
+                self._partial[ctx.request_id] = rest
+        for line in lines:
+            ctx.log(line, level=self._level)
+        return len(text)
+
+    def flush(self) -> None:
+        self._original.flush()
+
+    def finish(self, ctx: RequestContext) -> None:
+        with self._lock:
+            rest = self._partial.pop(ctx.request_id, None)
+        if rest:
+            ctx.log(rest, level=self._level)
+
+
+class _RequestLogHandler(logging.Handler):
+    def __init__(self, fallback: Any):
+        super().__init__()
+        self._fallback = fallback
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = current_request()
+        message = self.format(record)
+        if ctx is None:
+            self._fallback.write(message + "\n")
+        else:
+            ctx.log(message, level=record.levelname)
+
+
+class Runner:
+    def __init__(self, app_cls: type[App], writer: asyncio.StreamWriter):
+        self.app_cls = app_cls
+        self.app = app_cls()
+        self.writer = writer
+        self.loop = asyncio.get_running_loop()
+        self.loop_thread = threading.get_ident()
+        self.requests: dict[str, tuple[RequestContext, asyncio.Task]] = {}
+        self.executor = ThreadPoolExecutor(max_workers=app_cls.max_multiplexing + 1,
+                                           thread_name_prefix="openfal-endpoint")
+        self.stdout = _RequestOutput(sys.stdout, "INFO")
+        self.stderr = _RequestOutput(sys.stderr, "STDERR")
+
+    def send(self, message: dict[str, Any]) -> None:
+        frame = encode(message)
+        if threading.get_ident() == self.loop_thread:
+            self.writer.write(frame)
+        else:
+            self.loop.call_soon_threadsafe(self.writer.write, frame)
+
+    def capture_output(self) -> None:
+        fallback = sys.stderr
+        sys.stdout, sys.stderr = self.stdout, self.stderr
+        handler = _RequestLogHandler(fallback)
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+
+    async def call(self, fn: Any, *args: Any) -> Any:
+        if asyncio.iscoroutinefunction(fn):
+            return await fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.executor, _with_context(fn), *args)
+
+    async def start(self) -> bool:
+        try:
+            await self.call(self.app.setup)
+        except BaseException:
+            self.send({"t": "setup_failed", "error": traceback.format_exc()})
+            await self.writer.drain()
+            return False
+        self.send({"t": "ready", "hints": self.hints(), "pid": os.getpid()})
+        return True
+
+    def hints(self) -> list[str]:
+        try:
+            return list(self.app.provide_hints())
+        except Exception:
+            return []
+
+    def on_run(self, message: dict[str, Any]) -> None:
+        request_id = message["id"]
+        ctx = RequestContext(request_id, message["path"], message.get("headers") or {},
+                             self.send)
+        task = self.loop.create_task(self.serve(ctx, message["path"], message["body"]))
+        self.requests[request_id] = (ctx, task)
+        task.add_done_callback(lambda _: self.requests.pop(request_id, None))
+
+    def on_cancel(self, message: dict[str, Any]) -> None:
+        entry = self.requests.get(message["id"])
+        if entry is None:
+            return
+        ctx, task = entry
+        ctx.cancel()
+        if self.app_cls.endpoints()[ctx.endpoint].is_async:
+            task.cancel()
+
+    async def serve(self, ctx: RequestContext, path: str, body: bytes) -> None:
+        set_current_request(ctx)
+        spec = self.app_cls.endpoints().get(path)
+        try:
+            status, payload = await self.invoke(ctx, spec, body)
+        finally:
+            self.stdout.finish(ctx)
+            self.stderr.finish(ctx)
+        self.send({"t": "result", "id": ctx.request_id, "status": status, "body": payload,
+                   "hints": self.hints()})
+
+    async def invoke(self, ctx: RequestContext, spec: EndpointSpec | None,
+                     body: bytes) -> tuple[int, bytes]:
+        if spec is None:
+            return 404, b'{"detail":"Not Found"}'
+        try:
+            args = [] if spec.input_model is None else [spec.input_model.model_validate_json(body)]
+            output = await self.call(getattr(self.app, spec.method_name), *args)
+            return 200, pydantic_core.to_json(output)
+        except ValidationError as exc:
+            return 422, pydantic_core.to_json({"detail": validation_detail(exc)})
+        except AppException as exc:
+            return exc.status_code, pydantic_core.to_json(exc.to_body())
+        except (RequestCancelled, asyncio.CancelledError):
+            if not ctx.is_cancelled:
+                raise
+            return 499, b'{"detail":"Request cancelled","error_type":"client_cancelled"}'
+        except Exception as exc:
+            ctx.log(traceback.format_exc(), level="ERROR", source="runner")
+            if _is_device_failure(exc):
+                return 503, pydantic_core.to_json(
+                    {"detail": f"Runner unhealthy: {exc}", "error_type": "runner_unhealthy"})
+            return 500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}'
+
+    async def drain_and_stop(self) -> None:
+        tasks = [task for _, task in self.requests.values()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self.call(self.app.teardown)
+        finally:
+            await self.writer.drain()
+
+
+def _with_context(fn: Any) -> Any:
+    ctx = contextvars.copy_context()
+    return lambda *args: ctx.run(fn, *args)
+
+
+def _is_device_failure(exc: Exception) -> bool:
+    """Errors after which the process's device state cannot be trusted (CUDA OOM and kin)."""
+    text = f"{type(exc).__name__}: {exc}"
+    return any(marker in text for marker in ("OutOfMemoryError", "CUDA error", "cuDNN error"))
+
+
+async def _main(app_ref: str, fd: int) -> int:
+    reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+    runner = Runner(load_app(app_ref), writer)
+    runner.capture_output()
+    if not await runner.start():
+        return 1
+    while True:
+        message = await read_message(reader)
+        if message is None:
+            # The gateway is gone: stop now, whatever is still running.
+            os._exit(0)
+        kind = message["t"]
+        if kind == "run":
+            runner.on_run(message)
+        elif kind == "cancel":
+            runner.on_cancel(message)
+        elif kind == "stop":
+            await runner.drain_and_stop()
+            return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="openfal-runner")
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    code = asyncio.run(_main(args.app, args.fd))
+    sys.stdout.flush()
+    os._exit(code)

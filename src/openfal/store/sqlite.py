@@ -1,0 +1,307 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+All writes go through one writer thread that commits whatever has queued up in a single
+transaction (group commit), so a burst of submits costs one commit, not one each. Reads use
+their own connections in a small thread pool and never wait for the writer (WAL).
+
+With ``synchronous=NORMAL`` a commit survives a crash of any process (``kill -9``); only an
+operating-system crash or power loss can lose the last transactions. ``durability="full"``
+makes every commit wait for fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    endpoint_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    payload BLOB NOT NULL,
+    headers TEXT NOT NULL DEFAULT '{}',
+    options TEXT NOT NULL DEFAULT '{}',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    result_status INTEGER,
+    result_body BLOB,
+    result_headers TEXT,
+    error TEXT,
+    error_type TEXT,
+    inference_time REAL
+);
+CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (created_at)
+    WHERE status != 'COMPLETED';
+CREATE INDEX IF NOT EXISTS requests_finished_at ON requests (finished_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    request_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    attempt_id TEXT NOT NULL,
+    runner_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    outcome TEXT,
+    error_type TEXT,
+    PRIMARY KEY (request_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS logs (
+    request_id TEXT NOT NULL,
+    timestamp REAL NOT NULL,
+    level TEXT NOT NULL,
+    source TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id);
+"""
+
+_BATCH_LIMIT = 1024
+Write = Callable[[sqlite3.Connection], None]
+
+
+def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+class _Writer(threading.Thread):
+    """Applies queued writes in order, many per transaction."""
+
+    def __init__(self, conn: sqlite3.Connection, loop: asyncio.AbstractEventLoop):
+        super().__init__(name="openfal-store-writer", daemon=True)
+        self.conn = conn
+        self.loop = loop
+        self.pending: queue.SimpleQueue[tuple[Write, asyncio.Future] | None] = queue.SimpleQueue()
+
+    def submit(self, write: Write) -> asyncio.Future[None]:
+        future = self.loop.create_future()
+        self.pending.put((write, future))
+        return future
+
+    def run(self) -> None:
+        while True:
+            item = self.pending.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < _BATCH_LIMIT:
+                try:
+                    nxt = self.pending.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self.pending.put(None)
+                    break
+                batch.append(nxt)
+            outcomes = self._apply(batch)
+            self.loop.call_soon_threadsafe(_resolve, outcomes)
+
+    def _apply(self, batch: list[tuple[Write, asyncio.Future]]) -> list[tuple[asyncio.Future,
+                                                                              Exception | None]]:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            for write, _ in batch:
+                write(self.conn)
+            self.conn.execute("COMMIT")
+            return [(future, None) for _, future in batch]
+        except Exception:
+            self.conn.execute("ROLLBACK")
+        # One write failed: apply them one by one so only the faulty one fails.
+        outcomes: list[tuple[asyncio.Future, Exception | None]] = []
+        for write, future in batch:
+            try:
+                with self.conn:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    write(self.conn)
+                outcomes.append((future, None))
+            except Exception as exc:
+                log.exception("store write failed")
+                outcomes.append((future, exc))
+        return outcomes
+
+    def stop(self) -> None:
+        self.pending.put(None)
+        self.join()
+
+
+def _resolve(outcomes: list[tuple[asyncio.Future, Exception | None]]) -> None:
+    for future, error in outcomes:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            # Nobody may await a write they did not need to wait for.
+            future.add_done_callback(lambda f: f.exception())
+
+
+def _record(row: sqlite3.Row) -> RequestRecord:
+    return RequestRecord(
+        id=row["id"], app_id=row["app_id"], endpoint_id=row["endpoint_id"], path=row["path"],
+        mode=Mode(row["mode"]), status=Status(row["status"]), payload=row["payload"],
+        created_at=row["created_at"], priority=row["priority"],
+        headers=json.loads(row["headers"]), options=json.loads(row["options"]),
+        attempts=row["attempts"], started_at=row["started_at"],
+        finished_at=row["finished_at"], result_status=row["result_status"],
+        result_body=row["result_body"], result_headers=json.loads(row["result_headers"] or "{}"),
+        error=row["error"], error_type=row["error_type"],
+        inference_time=row["inference_time"],
+    )
+
+
+class SQLiteStore:
+    def __init__(self, path: Path, durability: str = "normal"):
+        self.path = path
+        self.synchronous = {"normal": "NORMAL", "full": "FULL"}[durability]
+        self._writer: _Writer | None = None
+        self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="openfal-store-read")
+        self._local = threading.local()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = _connect(self.path, self.synchronous)
+        conn.executescript(SCHEMA)
+        self._writer = _Writer(conn, asyncio.get_running_loop())
+        self._writer.start()
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await asyncio.to_thread(self._writer.stop)
+            self._writer.conn.close()
+            self._writer = None
+        self._readers.shutdown(wait=True)
+
+    # Writes
+    def _write(self, sql: str, params: tuple | list) -> asyncio.Future[None]:
+        assert self._writer is not None, "store is not open"
+        return self._writer.submit(lambda conn: conn.execute(sql, params))
+
+    def add_request(self, record: RequestRecord) -> asyncio.Future[None]:
+        return self._write(
+            "INSERT INTO requests (id, app_id, endpoint_id, path, mode, status, priority,"
+            " payload, headers, options, attempts, created_at, started_at, finished_at,"
+            " result_status, result_body, result_headers, error, error_type, inference_time)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (record.id, record.app_id, record.endpoint_id, record.path, record.mode.value,
+             record.status.value, record.priority, record.payload,
+             json.dumps(record.headers), json.dumps(record.options), record.attempts,
+             record.created_at, record.started_at, record.finished_at, record.result_status,
+             record.result_body, json.dumps(record.result_headers), record.error, record.error_type, record.inference_time))
+
+    def start_attempt(self, request_id: str, attempt: int, attempt_id: str,
+                      runner_id: str, started_at: float) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE requests SET status='IN_PROGRESS', attempts=?,"
+                " started_at=COALESCE(started_at, ?) WHERE id=?",
+                (attempt, started_at, request_id))
+            conn.execute(
+                "INSERT OR REPLACE INTO attempts (request_id, attempt, attempt_id, runner_id,"
+                " started_at) VALUES (?,?,?,?,?)",
+                (request_id, attempt, attempt_id, runner_id, started_at))
+        assert self._writer is not None
+        return self._writer.submit(write)
+
+    def end_attempt(self, request_id: str, attempt: int, finished_at: float,
+                    outcome: str, error_type: str | None) -> asyncio.Future[None]:
+        return self._write(
+            "UPDATE attempts SET finished_at=?, outcome=?, error_type=?"
+            " WHERE request_id=? AND attempt=?",
+            (finished_at, outcome, error_type, request_id, attempt))
+
+    def requeue(self, request_id: str) -> asyncio.Future[None]:
+        return self._write("UPDATE requests SET status='IN_QUEUE' WHERE id=?", (request_id,))
+
+    def add_logs(self, request_id: str, entries: list[LogEntry]) -> asyncio.Future[None]:
+        rows = [(request_id, e.timestamp, e.level, e.source, e.message) for e in entries]
+        assert self._writer is not None
+        return self._writer.submit(lambda conn: conn.executemany(
+            "INSERT INTO logs (request_id, timestamp, level, source, message)"
+            " VALUES (?,?,?,?,?)", rows))
+
+    def complete(self, request_id: str, outcome: Outcome,
+                 finished_at: float) -> asyncio.Future[None]:
+        return self._write(
+            "UPDATE requests SET status='COMPLETED', finished_at=?, result_status=?,"
+            " result_body=?, result_headers=?, error=?, error_type=?, inference_time=?"
+            " WHERE id=?",
+            (finished_at, outcome.status, outcome.body, json.dumps(outcome.headers),
+             outcome.error, outcome.error_type,
+             outcome.inference_time, request_id))
+
+    # Reads
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path, self.synchronous)
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    async def get_request(self, request_id: str) -> RequestRecord | None:
+        def read(conn: sqlite3.Connection) -> RequestRecord | None:
+            row = conn.execute("SELECT * FROM requests WHERE id=?", (request_id,)).fetchone()
+            return _record(row) if row else None
+        return await self._read(read)
+
+    async def get_logs(self, request_id: str) -> list[LogEntry]:
+        def read(conn: sqlite3.Connection) -> list[LogEntry]:
+            rows = conn.execute(
+                "SELECT message, level, source, timestamp FROM logs WHERE request_id=?"
+                " ORDER BY rowid", (request_id,)).fetchall()
+            return [LogEntry(r["message"], r["level"], r["source"], r["timestamp"])
+                    for r in rows]
+        return await self._read(read)
+
+    async def get_attempts(self, request_id: str) -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute("SELECT * FROM attempts WHERE request_id=? ORDER BY attempt",
+                                (request_id,)).fetchall()
+            return [dict(r) for r in rows]
+        return await self._read(read)
+
+    async def unfinished(self) -> list[RequestRecord]:
+        def read(conn: sqlite3.Connection) -> list[RequestRecord]:
+            rows = conn.execute("SELECT * FROM requests WHERE status != 'COMPLETED'"
+                                " ORDER BY created_at").fetchall()
+            return [_record(r) for r in rows]
+        return await self._read(read)
+
+    async def purge_finished_before(self, timestamp: float) -> int:
+        def write(conn: sqlite3.Connection) -> None:
+            ids = "SELECT id FROM requests WHERE status='COMPLETED' AND finished_at < ?"
+            conn.execute(f"DELETE FROM logs WHERE request_id IN ({ids})", (timestamp,))
+            conn.execute(f"DELETE FROM attempts WHERE request_id IN ({ids})", (timestamp,))
+            removed.append(conn.execute(
+                "DELETE FROM requests WHERE status='COMPLETED' AND finished_at < ?",
+                (timestamp,)).rowcount)
+        removed: list[int] = []
+        assert self._writer is not None
+        await self._writer.submit(write)
+        return removed[0]
