@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from openfal.cli import client
 from openfal.server import Platform, Settings, serve as serve_platform
 
 app = typer.Typer(help="openfal: a self-hosted generative-media inference platform.",
@@ -51,6 +52,39 @@ def serve(
                 console.print(f"  serving {endpoint_id}  ({served.ref})", highlight=False)
 
     serve_platform(settings, on_ready=announce)
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print compact JSON.")]
+
+
+@app.command()
+def run(
+    endpoint_id: Annotated[str, typer.Argument(help="The endpoint to call, e.g. openfal/echo.")],
+    input_json: Annotated[str | None, typer.Option(
+        "--input", "-i", help="The input as a JSON object, or @file.json.")] = None,
+    args: Annotated[list[str] | None, typer.Option(
+        "--arg", "-a", help="An input field as key=value; JSON values are parsed "
+        "(repeatable, overrides --input).")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    output_dir: Annotated[Path | None, typer.Option(
+        help="Download the result's files into this directory.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Call an endpoint through the queue, showing its progress and logs, and print the result."""
+    raise typer.Exit(client.run_command(server.rstrip("/"), endpoint_id, input_json, args or [],
+                                        output_dir, as_json))
+
+
+@app.command()
+def apps(server: ServerOption = DEFAULT_SERVER, as_json: JsonOption = False) -> None:
+    """List the endpoints the server serves."""
+    raise typer.Exit(client.apps_command(server.rstrip("/"), as_json))
+
+
+@app.command()
+def runners(server: ServerOption = DEFAULT_SERVER, as_json: JsonOption = False) -> None:
+    """List the server's runner processes."""
+    raise typer.Exit(client.runners_command(server.rstrip("/"), as_json))
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ ROUTES = [
     Route("/health", platform_routes.health, methods=["GET"]),
     Route("/api/apps", platform_routes.apps, methods=["GET"]),
     Route("/api/runners", platform_routes.runners, methods=["GET"]),
+    Route("/api/requests/{request_id}/attempts", platform_routes.attempts, methods=["GET"]),
     Route("/api/openapi/queue/openapi.json", platform_routes.openapi, methods=["GET"]),
     Route(_BY_ID + "/status", queue.status, methods=["GET"]),
     Route(_BY_ID + "/status/stream", queue.status_stream, methods=["GET"]),

@@ -48,3 +48,12 @@ async def openapi(request: Request) -> Response:
 async def runners(request: Request) -> Response:
     platform: Platform = request.app.state.platform
     return json_response({"runners": platform.dispatcher.runners()})
+
+
+async def attempts(request: Request) -> Response:
+    """Every attempt of a request, each with its own id: retries stay traceable."""
+    platform: Platform = request.app.state.platform
+    request_id = request.path_params["request_id"]
+    if await platform.store.get_request(request_id) is None:
+        raise HTTPError(404, "Request not found", "request_not_found")
+    return json_response({"attempts": await platform.store.get_attempts(request_id)})

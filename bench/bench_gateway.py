@@ -1,0 +1,489 @@
+"""Benchmark openfal's gateway against a bare Starlette/uvicorn echo endpoint.
+
+One command measures, next to each other and against the same load generator:
+
+* direct runs (``POST /openfal/echo``) against a bare ASGI echo endpoint served by the same
+  stack (Starlette on uvicorn with uvloop and httptools), at several concurrencies;
+* queued round trips (submit, poll the status until it is 200, fetch the result) and how
+  fast the queue accepts durable submits.
+
+Both servers run as separate processes on this machine, so the load generator competes with
+them for the same cores. Usage::
+
+    python bench/bench_gateway.py [--duration 5] [--markdown FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import starlette
+import uvicorn
+import uvloop
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from openfal.server import bind
+
+DIRECT_CONCURRENCY = (1, 16, 64)
+ECHO = "openfal/echo"
+PROMPT = "hello"
+BODY = json.dumps({"prompt": PROMPT}).encode()
+JSON_HEADERS = {"content-type": "application/json"}
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+CONNECT_RETRY_INTERVAL = 0.01
+TAG_VARIABLE = "OPENFAL_BENCH_TAG"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+Operation = Callable[[aiohttp.ClientSession], Awaitable[bool]]
+
+
+# The baseline server ---------------------------------------------------------------------
+
+async def _baseline_echo(request: Request) -> JSONResponse:
+    payload = await request.json()
+    return JSONResponse({"text": payload["prompt"]})
+
+
+def serve_baseline() -> None:
+    """Serve the bare echo endpoint the way openfal serves its gateway, until SIGTERM."""
+    app = Starlette(routes=[Route("/echo", _baseline_echo, methods=["POST"])])
+    sock = bind("127.0.0.1", 0)
+    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    print(f"baseline listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
+                            access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+# Server processes ------------------------------------------------------------------------
+
+class ServerProcess:
+    """A server in its own session, tagged so it and everything it spawns can be found."""
+
+    def __init__(self, name: str, argv: list[str]):
+        self.name = name
+        self.argv = argv
+        self.tag = uuid.uuid4().hex
+        self.url = ""
+        self.output: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, TAG_VARIABLE: self.tag}
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env, start_new_session=True)
+        ready = threading.Event()
+        threading.Thread(target=self._collect, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or not self.url:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.output))
+        return self
+
+    def _collect(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            if " listening on " in line and not self.url:
+                self.url = line.split()[-1]
+                ready.set()
+        ready.set()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tagged_pids(self) -> list[int]:
+        """This server and every process it started that is still alive."""
+        marker = f"{TAG_VARIABLE}={self.tag}".encode()
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it lingers; then kill whatever it left behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        for pid in self.tagged_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+
+
+@contextmanager
+def running(server: ServerProcess) -> Iterator[ServerProcess]:
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def cpu_by_role(server: ServerProcess) -> dict[str, float]:
+    """CPU seconds used so far by the server process and by its runner processes."""
+    usage = {"server": 0.0, "runners": 0.0}
+    for pid in server.tagged_pids():
+        try:
+            usage["server" if pid == server.pid else "runners"] += _cpu_seconds(pid)
+        except OSError:
+            continue
+    return usage
+
+
+# Load generation -------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    elapsed: float = 0.0
+
+
+async def drive(session: aiohttp.ClientSession, operation: Operation, concurrency: int,
+                duration: float) -> Run:
+    """``concurrency`` closed-loop workers repeat ``operation`` for ``duration`` seconds."""
+    run = Run()
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            if await operation(session):
+                run.latencies.append(time.perf_counter() - started)
+            else:
+                run.errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    run.elapsed = time.perf_counter() - started
+    return run
+
+
+def direct(url: str) -> Operation:
+    async def operation(session: aiohttp.ClientSession) -> bool:
+        async with session.post(url, data=BODY, headers=JSON_HEADERS) as response:
+            await response.read()
+            return response.status == 200
+    return operation
+
+
+@dataclass
+class QueueClient:
+    """Submits to openfal's queue and counts the submits it acknowledged."""
+
+    base_url: str
+    accepted: int = 0
+    polls: int = 0
+
+    async def submit(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
+        async with session.post(f"{self.base_url}/queue/{ECHO}", data=BODY,
+                                headers=JSON_HEADERS) as response:
+            if response.status != 200:
+                return None
+            self.accepted += 1
+            return await response.json()
+
+    async def submit_only(self, session: aiohttp.ClientSession) -> bool:
+        return await self.submit(session) is not None
+
+    async def round_trip(self, session: aiohttp.ClientSession) -> bool:
+        handle = await self.submit(session)
+        if handle is None or not await self._until_completed(session, handle["status_url"]):
+            return False
+        async with session.get(handle["response_url"]) as response:
+            return response.status == 200 and (await response.json())["text"] == PROMPT
+
+    async def _until_completed(self, session: aiohttp.ClientSession, status_url: str) -> bool:
+        """Poll the status, each poll as soon as the previous answer is in."""
+        while True:
+            self.polls += 1
+            async with session.get(status_url) as response:
+                await response.read()
+                if response.status != 202:
+                    return response.status == 200
+
+
+# Measurement points ----------------------------------------------------------------------
+
+@dataclass
+class Point:
+    scenario: str
+    target: str
+    concurrency: int
+    run: Run
+    server_cpu: float
+    runner_cpu: float | None
+    client_cpu: float
+
+    @property
+    def completed(self) -> int:
+        return len(self.run.latencies)
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.run.elapsed
+
+    def percentile_ms(self, fraction: float) -> float:
+        ordered = sorted(self.run.latencies)
+        index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
+        return ordered[index] * 1000
+
+    def per_request_us(self, seconds: float) -> float:
+        return seconds / max(1, self.completed) * 1e6
+
+
+@dataclass
+class Bench:
+    duration: float
+    warmup: float
+    points: list[Point] = field(default_factory=list)
+
+    async def measure(self, scenario: str, server: ServerProcess, concurrency: int,
+                      operation: Operation, runners: bool = True) -> Point:
+        connector = aiohttp.TCPConnector(limit=concurrency)
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await drive(session, operation, concurrency, self.warmup)
+            before, client_before = cpu_by_role(server), time.process_time()
+            run = await drive(session, operation, concurrency, self.duration)
+            after, client_after = cpu_by_role(server), time.process_time()
+        point = Point(scenario, server.name, concurrency, run,
+                      server_cpu=after["server"] - before["server"],
+                      runner_cpu=after["runners"] - before["runners"] if runners else None,
+                      client_cpu=client_after - client_before)
+        self.points.append(point)
+        print(f"  {scenario:<22} {server.name:<9} c={concurrency:<4} "
+              f"{point.throughput:8.0f} req/s  p50 {point.percentile_ms(0.5):7.2f} ms",
+              flush=True)
+        return point
+
+    def find(self, scenario: str, target: str, concurrency: int) -> Point:
+        return next(p for p in self.points if (p.scenario, p.target, p.concurrency)
+                    == (scenario, target, concurrency))
+
+
+async def first_echo(url: str) -> None:
+    """One direct run, which returns once the echo app's runner is up and has served it.
+
+    openfal announces its URL from its lifespan, before uvicorn listens on the bound socket,
+    so a connection refused right after the announcement is retried. Nothing tells when the
+    socket starts listening; hence the short retry interval rather than an awaited event.
+    """
+    deadline = time.monotonic() + START_TIMEOUT
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(f"{url}/{ECHO}", data=BODY,
+                                        headers=JSON_HEADERS) as response:
+                    body = await response.json()
+                    break
+            except aiohttp.ClientConnectorError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(CONNECT_RETRY_INTERVAL)
+    if response.status != 200 or body != {"text": PROMPT}:
+        raise RuntimeError(f"echo answered {response.status}: {body}")
+
+
+async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
+                  queue: QueueClient, queue_concurrency: int) -> None:
+    await first_echo(openfal.url)
+    for concurrency in DIRECT_CONCURRENCY:
+        await bench.measure("direct run", baseline, concurrency, direct(f"{baseline.url}/echo"),
+                            runners=False)
+        await bench.measure("direct run", openfal, concurrency, direct(f"{openfal.url}/{ECHO}"))
+    for concurrency in (1, queue_concurrency):
+        await bench.measure("queued round trip", openfal, concurrency, queue.round_trip)
+    await bench.measure("queue submit only", openfal, queue_concurrency, queue.submit_only)
+
+
+def stored_queue_requests(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "openfal.db") as conn:
+        return conn.execute("SELECT count(*) FROM requests WHERE mode = 'queue'").fetchone()[0]
+
+
+# Report ----------------------------------------------------------------------------------
+
+@dataclass
+class Section:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+
+def _cpu(point: Point, seconds: float | None) -> str:
+    return "-" if seconds is None else f"{point.per_request_us(seconds):.0f}"
+
+
+def results_section(bench: Bench) -> Section:
+    headers = ["scenario", "target", "conc.", "requests", "errors", "req/s", "p50 ms", "p99 ms",
+               "server CPU µs/req", "runner CPU µs/req", "client CPU µs/req"]
+    rows = [[p.scenario, p.target, str(p.concurrency), str(p.completed), str(p.run.errors),
+             f"{p.throughput:.0f}", f"{p.percentile_ms(0.5):.2f}", f"{p.percentile_ms(0.99):.2f}",
+             _cpu(p, p.server_cpu), _cpu(p, p.runner_cpu), _cpu(p, p.client_cpu)]
+            for p in bench.points]
+    return Section("Results", headers, rows)
+
+
+def direct_section(bench: Bench) -> Section:
+    rows = []
+    for concurrency in DIRECT_CONCURRENCY:
+        base = bench.find("direct run", "baseline", concurrency)
+        ours = bench.find("direct run", "openfal", concurrency)
+        rows.append([str(concurrency),
+                     f"{ours.percentile_ms(0.5) - base.percentile_ms(0.5):+.2f}",
+                     f"{ours.percentile_ms(0.99) - base.percentile_ms(0.99):+.2f}",
+                     f"{ours.throughput / base.throughput:.2f}"])
+    return Section("Direct run: openfal against the bare endpoint",
+                   ["conc.", "p50 overhead ms", "p99 overhead ms", "throughput ratio"], rows)
+
+
+def queue_section(bench: Bench, queue: QueueClient, stored: int, concurrency: int) -> Section:
+    trip = bench.find("queued round trip", "openfal", concurrency)
+    single = bench.find("queued round trip", "openfal", 1)
+    submit = bench.find("queue submit only", "openfal", concurrency)
+    direct_ours = bench.find("direct run", "openfal", max(DIRECT_CONCURRENCY))
+    direct_base = bench.find("direct run", "baseline", max(DIRECT_CONCURRENCY))
+    direct_single = bench.find("direct run", "openfal", 1)
+    rows = [
+        [f"round trip p50 at c=1 (direct run at c=1: {direct_single.percentile_ms(0.5):.2f} ms)",
+         f"{single.percentile_ms(0.5):.2f} ms"],
+        [f"round trips/s at c={concurrency}", f"{trip.throughput:.0f}"],
+        [f"  ÷ openfal direct runs/s at c={direct_ours.concurrency}",
+         f"{trip.throughput / direct_ours.throughput:.2f}"],
+        [f"  ÷ bare endpoint req/s at c={direct_base.concurrency}",
+         f"{trip.throughput / direct_base.throughput:.2f}"],
+        [f"submits accepted/s at c={concurrency}", f"{submit.throughput:.0f}"],
+        ["status polls per round trip", f"{queue.polls / max(1, queue.accepted):.1f}"],
+        ["queue requests acknowledged / found in the store after shutdown",
+         f"{queue.accepted} / {stored}"],
+    ]
+    return Section("Queue", ["measure", "value"], rows)
+
+
+def goals_section(bench: Bench, concurrency: int) -> Section:
+    overhead = (bench.find("direct run", "openfal", 1).percentile_ms(0.5)
+                - bench.find("direct run", "baseline", 1).percentile_ms(0.5))
+    trip = bench.find("queued round trip", "openfal", concurrency).throughput
+    rows = [["direct run adds < 1 ms at p50 (c=1)", f"{overhead:+.2f} ms",
+             "met" if overhead < 1.0 else "missed"],
+            ["queue sustains > 1,000 round trips/s end to end", f"{trip:.0f}/s",
+             "met" if trip > 1000 else "missed"]]
+    return Section("Goals", ["goal", "measured", "verdict"], rows)
+
+
+def environment() -> list[str]:
+    return [f"nproc: {len(os.sched_getaffinity(0))} (load generator and servers share them)",
+            f"python: {platform.python_version()} on {platform.platform()}",
+            f"uvicorn {uvicorn.__version__}, starlette {starlette.__version__}, "
+            f"aiohttp {aiohttp.__version__}, uvloop {uvloop.__version__}"]
+
+
+def render_text(intro: list[str], sections: list[Section]) -> str:
+    lines = [*intro]
+    for section in sections:
+        widths = [max(len(row[i]) for row in [section.headers, *section.rows])
+                  for i in range(len(section.headers))]
+        lines += ["", section.title,
+                  "  ".join(h.ljust(w) for h, w in zip(section.headers, widths, strict=True)),
+                  "  ".join("-" * w for w in widths)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                  for row in section.rows]
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(intro: list[str], sections: list[Section]) -> str:
+    lines = [f"- {line}" for line in intro]
+    for section in sections:
+        lines += ["", f"### {section.title}", "",
+                  "| " + " | ".join(section.headers) + " |",
+                  "|" + "|".join("---" for _ in section.headers) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in section.rows]
+    return "\n".join(lines) + "\n"
+
+
+# Entry point -----------------------------------------------------------------------------
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0,
+                        help="seconds measured per point (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of unmeasured load before each point (default 1)")
+    parser.add_argument("--queue-concurrency", type=int, default=64,
+                        help="workers for the queue's throughput points (default 64)")
+    parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
+    parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def bench_main(args: argparse.Namespace) -> None:
+    bench = Bench(args.duration, args.warmup)
+    intro = [*environment(), f"{args.duration:g} s measured per point after {args.warmup:g} s "
+             "of warm-up; closed-loop workers, one keep-alive connection each"]
+    print("\n".join(intro), flush=True)
+    with tempfile.TemporaryDirectory(prefix="openfal-bench-") as tmp:
+        data_dir = Path(tmp)
+        with running(ServerProcess("baseline", [sys.executable, __file__, "--serve-baseline"])
+                     ) as baseline, running(ServerProcess("openfal", [
+                         sys.executable, "-m", "openfal", "serve", "--port", "0",
+                         "--data-dir", str(data_dir)])) as openfal:
+            queue = QueueClient(openfal.url)
+            uvloop.run(run_all(bench, baseline, openfal, queue, args.queue_concurrency))
+        stored = stored_queue_requests(data_dir)
+    sections = [results_section(bench), direct_section(bench),
+                queue_section(bench, queue, stored, args.queue_concurrency),
+                goals_section(bench, args.queue_concurrency)]
+    print(render_text([], sections), end="")
+    if args.markdown is not None:
+        args.markdown.write_text(render_markdown(intro, sections))
+
+
+def main() -> None:
+    args = parse_args()
+    if args.serve_baseline:
+        serve_baseline()
+    else:
+        bench_main(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from openfal.cli.main import main
+
+main()
