@@ -6,6 +6,7 @@ import sqlite3
 
 import httpx
 import pytest
+
 from conftest import ServerProcess
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+
 from conftest import ALL_TEST_APPS, wait_for
 from test_run_and_queue import submit, wait_done
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+
 from conftest import wait_for
 from test_run_and_queue import submit, wait_done
 

@@ -6,6 +6,7 @@ import json
 import threading
 
 import httpx
+
 from conftest import wait_for
 
 

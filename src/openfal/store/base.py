@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from datetime import UTC, datetime
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 

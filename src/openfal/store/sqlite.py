@@ -208,7 +208,8 @@ class SQLiteStore:
              record.status.value, record.priority, record.payload,
              json.dumps(record.headers), json.dumps(record.options), record.attempts,
              record.created_at, record.started_at, record.finished_at, record.result_status,
-             record.result_body, json.dumps(record.result_headers), record.error, record.error_type, record.inference_time))
+             record.result_body, json.dumps(record.result_headers), record.error,
+             record.error_type, record.inference_time))
 
     def start_attempt(self, request_id: str, attempt: int, attempt_id: str,
                       runner_id: str, started_at: float) -> asyncio.Future[None]:
