@@ -1,7 +1,17 @@
 """openfal: a self-hosted generative-media inference platform that speaks the fal API."""
 
 from openfal.app.app import App, endpoint
-from openfal.app.context import RequestContext, current_request, progress
+from openfal.app.context import RequestContext, current_request, partial, progress
+from openfal.app.media import (
+    Audio,
+    AudioUrl,
+    File,
+    FileUrl,
+    Image,
+    ImageUrl,
+    Video,
+    VideoUrl,
+)
 from openfal.app.errors import AppException, FieldException, RequestCancelled
 
 __version__ = "0.1.0"
@@ -9,11 +19,20 @@ __version__ = "0.1.0"
 __all__ = [
     "App",
     "AppException",
+    "Audio",
+    "AudioUrl",
+    "File",
+    "FileUrl",
+    "Image",
+    "ImageUrl",
+    "Video",
+    "VideoUrl",
     "FieldException",
     "RequestCancelled",
     "RequestContext",
     "__version__",
     "current_request",
     "endpoint",
+    "partial",
     "progress",
 ]

@@ -73,6 +73,17 @@ class Work(openfal.App):
                           message=input.message, started_at=started_at,
                           finished_at=time.time())
 
+    @openfal.endpoint("/partials")
+    def partials(self, input: WorkInput) -> dict:
+        if input.fail == "error":
+            raise RuntimeError("failed before any partial")
+        for step in range(1, input.steps + 1):
+            time.sleep(input.seconds / input.steps)
+            openfal.partial({"step": step, "of": input.steps})
+        if input.fail == "app":
+            raise openfal.AppException("failed after partials", status_code=400)
+        return {"final": True, "steps": input.steps}
+
     @openfal.endpoint("/edit")
     def edit(self, input: WorkInput) -> WorkOutput:
         request = self.current_request

@@ -8,10 +8,15 @@ with several requests multiplexed on one runner.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
+import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pydantic_core
 
 from openfal.app.errors import RequestCancelled
 
@@ -24,6 +29,8 @@ class RequestContext:
     endpoint: str
     headers: Mapping[str, str]
     emit: Emit = field(repr=False)
+    # Set from the input's ``sync_mode`` field: media outputs are inlined, not stored.
+    sync_mode: bool = False
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -45,6 +52,22 @@ class RequestContext:
         self.raise_if_cancelled()
         self.emit({"t": "progress", "id": self.request_id, "step": step, "total": total,
                    "message": message})
+
+    def partial(self, result: Any) -> None:
+        self.raise_if_cancelled()
+        self.emit({"t": "partial", "id": self.request_id, "body": pydantic_core.to_json(result)})
+
+    @property
+    def lifecycle_seconds(self) -> float | None | Literal["default"]:
+        """Output lifetime the caller asked for in ``X-Fal-Object-Lifecycle-Preference``:
+        seconds, None for never, or "default" when it did not say."""
+        raw = self.headers.get("x-fal-object-lifecycle-preference")
+        if raw:
+            with contextlib.suppress(ValueError, AttributeError):
+                preference = json.loads(raw)
+                if "expiration_duration_seconds" in preference:
+                    return preference["expiration_duration_seconds"]
+        return "default"
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
@@ -69,3 +92,11 @@ def progress(step: int, total: int, message: str | None = None) -> None:
     ctx = _current.get()
     if ctx is not None:
         ctx.progress(step, total, message)
+
+
+def partial(result: Any) -> None:
+    """Send a partial result of the current request (streamed to ``/stream`` callers and to
+    status streams). Outside a request it does nothing."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.partial(result)

@@ -28,11 +28,14 @@ class AppException(Exception):
 
 
 class FieldException(AppException):
-    """A problem with one input field, reported as a pydantic-style 422 ``detail`` item."""
+    """A problem with one input field, reported as a pydantic-style 422 ``detail`` item.
+
+    ``field`` is a dotted name (``"image.url"``) or a location list (``["images", 0]``).
+    """
 
     def __init__(
         self,
-        field: str,
+        field: str | list[str | int],
         message: str,
         status_code: int = 422,
         type: str = "value_error",
@@ -42,7 +45,8 @@ class FieldException(AppException):
         self.type = type
 
     def to_body(self) -> dict[str, Any]:
-        loc = ["body", *self.field.split(".")]
+        path = self.field.split(".") if isinstance(self.field, str) else self.field
+        loc = ["body", *path]
         return {"detail": [{"loc": loc, "msg": self.message, "type": self.type}]}
 
 

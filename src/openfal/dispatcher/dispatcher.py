@@ -201,6 +201,11 @@ class Dispatcher:
             job.logs.append(entry)
             self.store.add_logs(job.id, [entry])
             job.notify()
+        elif kind == "partial":
+            job.latest_partial = message["body"]
+            if job.partials is not None:
+                job.partials.put_nowait(message["body"])
+            job.notify()
         elif kind == "progress":
             job.progress = {"step": message["step"], "total": message["total"],
                             "message": message.get("message")}

@@ -52,6 +52,9 @@ class Job:
     attempt: Attempt | None = None
     logs: list[LogEntry] = field(default_factory=list)
     progress: dict[str, Any] | None = None
+    # The newest partial result, and every partial in order for a caller streaming them.
+    latest_partial: bytes | None = None
+    partials: asyncio.Queue[bytes] | None = None
     cancel_requested: bool = False
     finished: bool = False
     done: asyncio.Future[Outcome] = field(

@@ -77,7 +77,9 @@ async def _lookup(request: Request) -> _View:
     return _View(None, record)
 
 
-async def _status_body(request: Request, view: _View, with_logs: bool) -> dict[str, Any]:
+async def _status_body(request: Request, view: _View, with_logs: bool,
+                       logs_from: int = 0) -> dict[str, Any]:
+    """The status object; with ``logs_from``, only log lines from that index on."""
     platform: Platform = request.app.state.platform
     if view.job is not None:
         job = view.job
@@ -85,7 +87,7 @@ async def _status_body(request: Request, view: _View, with_logs: bool) -> dict[s
                                 **queue_urls(request, job.app_id, job.id)}
         if job.status is Status.IN_QUEUE:
             body["queue_position"] = platform.dispatcher.queue_position(job)
-        body["logs"] = [e.to_wire() for e in job.logs] if with_logs else None
+        body["logs"] = [e.to_wire() for e in job.logs[logs_from:]] if with_logs else None
         if job.progress is not None:
             body["progress"] = job.progress
         return body
@@ -94,7 +96,7 @@ async def _status_body(request: Request, view: _View, with_logs: bool) -> dict[s
     logs: list[LogEntry] | None = await platform.store.get_logs(record.id) if with_logs else None
     body = {"status": Status.COMPLETED.value, "request_id": record.id,
             **queue_urls(request, record.app_id, record.id),
-            "logs": [e.to_wire() for e in logs] if logs is not None else None,
+            "logs": [e.to_wire() for e in logs[logs_from:]] if logs is not None else None,
             "metrics": {"inference_time": record.inference_time}
             if record.inference_time is not None else {}}
     if record.error is not None or record.error_type is not None:
@@ -119,10 +121,19 @@ async def status_stream(request: Request) -> Response:
     platform: Platform = request.app.state.platform
 
     async def events() -> AsyncIterator[bytes]:
+        # Each event carries only the log lines not sent before (the JS client accumulates
+        # them) and the newest partial result when there is a new one.
         nonlocal view
+        sent_logs = 0
+        sent_partial: bytes | None = None
         while True:
             changed = view.job.changed() if view.job is not None else None
-            body = await _status_body(request, view, with_logs)
+            body = await _status_body(request, view, with_logs, sent_logs)
+            sent_logs += len(body["logs"] or [])
+            partial = view.job.latest_partial if view.job is not None else None
+            if partial is not None and partial is not sent_partial:
+                body["partial"] = pydantic_core.from_json(partial)
+                sent_partial = partial
             yield b"data: " + pydantic_core.to_json(body) + b"\n\n"
             if changed is None:
                 return

@@ -16,11 +16,14 @@ import contextvars
 import io
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pydantic_core
@@ -29,6 +32,7 @@ from pydantic import ValidationError
 from openfal.app.app import App, EndpointSpec
 from openfal.app.context import RequestContext, current_request, set_current_request
 from openfal.app.errors import AppException, RequestCancelled, validation_detail
+from openfal.app.inputs import fetch_inputs
 from openfal.app.loader import load_app
 from openfal.runner.protocol import encode, read_message
 
@@ -165,8 +169,14 @@ class Runner:
                      body: bytes) -> tuple[int, bytes]:
         if spec is None:
             return 404, b'{"detail":"Not Found"}'
+        scratch = Path(tempfile.mkdtemp(prefix="openfal-request-"))
         try:
-            args = [] if spec.input_model is None else [spec.input_model.model_validate_json(body)]
+            args = []
+            if spec.input_model is not None:
+                payload = spec.input_model.model_validate_json(body)
+                ctx.sync_mode = getattr(payload, "sync_mode", False) is True
+                await self.call(fetch_inputs, payload, scratch)
+                args.append(payload)
             output = await self.call(getattr(self.app, spec.method_name), *args)
             return 200, pydantic_core.to_json(output)
         except ValidationError as exc:
@@ -183,6 +193,8 @@ class Runner:
                 return 503, pydantic_core.to_json(
                     {"detail": f"Runner unhealthy: {exc}", "error_type": "runner_unhealthy"})
             return 500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}'
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     async def drain_and_stop(self) -> None:
         tasks = [task for _, task in self.requests.values()]

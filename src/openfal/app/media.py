@@ -1,0 +1,205 @@
+"""Files in requests and results: ``File``, ``Image``, ``Video``, ``Audio`` and URL inputs.
+
+Outputs: an app makes a file with ``File.from_bytes`` / ``from_path`` / ``Image.from_pil``;
+it is stored and serialises like the hosted platform's outputs (``{url, content_type,
+file_name, file_size[, width, height]}``). When the request asked for ``sync_mode`` (or
+``inline=True``), it is returned as a data URI instead and never stored.
+
+Inputs: fields typed ``File``/``Image``/..., ``FileUrl``/``ImageUrl``, or plain ``*_url``
+strings accept http(s) URLs, data URIs and this server's file URLs. Before the endpoint
+runs, the runner fetches each one into the request's scratch folder (bounded in size and
+time), so the app reads ``.path`` or calls ``.to_pil()`` without download code.
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, PrivateAttr, model_validator
+from pydantic_core import PydanticCustomError, core_schema
+
+from openfal.app.context import current_request
+from openfal.fetch import FetchError, check_url, data_uri
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+    from openfal.files.base import FileStorage
+
+
+@dataclass
+class MediaConfig:
+    """Where a runner stores outputs and how it fetches inputs."""
+
+    storage: FileStorage | None = None
+    file_url: Callable[[str, str], str] | None = None  # (file id, file name) -> public URL
+    default_ttl_seconds: float | None = 7 * 24 * 3600
+    max_download_bytes: int = 512 * 1024 * 1024
+    download_timeout: float = 60.0
+
+
+_config = MediaConfig()
+
+
+def configure(config: MediaConfig) -> None:
+    global _config
+    _config = config
+
+
+def media_config() -> MediaConfig:
+    return _config
+
+
+def _checked_url(value: str) -> str:
+    try:
+        check_url(value)
+    except FetchError as exc:
+        raise PydanticCustomError("url_scheme", str(exc)) from None
+    return value
+
+
+def _guess_type(file_name: str | None, fallback: str = "application/octet-stream") -> str:
+    if file_name:
+        guessed, _ = mimetypes.guess_type(file_name)
+        if guessed:
+            return guessed
+    return fallback
+
+
+class File(BaseModel):
+    url: str = Field(description="The URL where the file can be downloaded from.")
+    content_type: str | None = Field(default=None, description="The mime type of the file.")
+    file_name: str | None = Field(default=None, description="The name of the file.")
+    file_size: int | None = Field(default=None, description="The size of the file in bytes.")
+    _path: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _accept_url_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"url": _checked_url(value)}
+        return value
+
+    @classmethod
+    def from_bytes(cls, data: bytes, content_type: str | None = None,
+                   file_name: str | None = None, *, inline: bool | None = None,
+                   **fields: Any) -> Self:
+        """Store ``data`` (or inline it as a data URI) and describe it."""
+        content_type = content_type or _guess_type(file_name)
+        ctx = current_request()
+        if inline is None:
+            inline = bool(ctx and ctx.sync_mode)
+        if inline or _config.storage is None or _config.file_url is None:
+            url = data_uri(data, content_type)
+        else:
+            ttl = ctx.lifecycle_seconds if ctx else "default"
+            stored = _config.storage.put(
+                data, file_name=file_name or "file", content_type=content_type,
+                expires_at=_expiry(_config.default_ttl_seconds if ttl == "default" else ttl))
+            url = _config.file_url(stored.id, stored.file_name)
+        return cls(url=url, content_type=content_type, file_name=file_name,
+                   file_size=len(data), **fields)
+
+    @classmethod
+    def from_path(cls, path: str | Path, content_type: str | None = None,
+                  file_name: str | None = None, *, inline: bool | None = None) -> Self:
+        path = Path(path)
+        return cls.from_bytes(path.read_bytes(), content_type or _guess_type(path.name),
+                              file_name or path.name, inline=inline)
+
+    @property
+    def path(self) -> Path:
+        """A local copy of the file (inputs are fetched before the endpoint runs)."""
+        if self._path is None:
+            raise RuntimeError("this file has no local copy; only request inputs do")
+        return self._path
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def _expiry(ttl_seconds: float | None) -> float | None:
+    return None if ttl_seconds is None else time.time() + ttl_seconds
+
+
+class Image(File):
+    width: int | None = Field(default=None, description="The width of the image in pixels.")
+    height: int | None = Field(default=None, description="The height of the image in pixels.")
+
+    @classmethod
+    def from_pil(cls, image: PILImage, format: str = "png", *, file_name: str | None = None,
+                 inline: bool | None = None) -> Self:
+        fmt = format.lower().replace("jpg", "jpeg")
+        buffer = io.BytesIO()
+        if fmt == "jpeg":
+            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+        elif fmt == "png":
+            image.save(buffer, format="PNG", compress_level=1)
+        else:
+            image.save(buffer, format=fmt.upper())
+        ext = "jpg" if fmt == "jpeg" else fmt
+        return cls.from_bytes(buffer.getvalue(), f"image/{fmt}",
+                              file_name or f"image.{ext}", inline=inline,
+                              width=image.width, height=image.height)
+
+    def to_pil(self) -> PILImage:
+        from PIL import Image as PIL
+
+        image = PIL.open(self.path)
+        image.load()
+        return image
+
+
+class Video(File):
+    pass
+
+
+class Audio(File):
+    pass
+
+
+class FileUrl(str):
+    """A string input naming a file by URL; after fetching, ``.path`` is a local copy."""
+
+    _path: Path | None = None
+    content_type: str | None = None
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any,
+                                     handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            lambda value: cls(_checked_url(value)),
+            core_schema.str_schema(),
+            serialization=core_schema.plain_serializer_function_ser_schema(str))
+
+    @property
+    def path(self) -> Path:
+        if self._path is None:
+            raise RuntimeError("this URL has not been fetched")
+        return self._path
+
+    def read_bytes(self) -> bytes:
+        return self.path.read_bytes()
+
+
+class ImageUrl(FileUrl):
+    def to_pil(self) -> PILImage:
+        from PIL import Image as PIL
+
+        image = PIL.open(self.path)
+        image.load()
+        return image
+
+
+class VideoUrl(FileUrl):
+    pass
+
+
+class AudioUrl(FileUrl):
+    pass
