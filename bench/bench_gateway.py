@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import signal
@@ -55,6 +56,7 @@ STOP_TIMEOUT = 15.0
 CONNECT_RETRY_INTERVAL = 0.01
 TAG_VARIABLE = "OPENFAL_BENCH_TAG"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+NPROC = len(os.sched_getaffinity(0))
 
 Operation = Callable[[aiohttp.ClientSession], Awaitable[bool]]
 
@@ -157,15 +159,40 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def cpu_by_role(server: ServerProcess) -> dict[str, float]:
-    """CPU seconds used so far by the server process and by its runner processes."""
-    usage = {"server": 0.0, "runners": 0.0}
-    for pid in server.tagged_pids():
-        try:
-            usage["server" if pid == server.pid else "runners"] += _cpu_seconds(pid)
-        except OSError:
-            continue
-    return usage
+def _machine_busy_seconds() -> float:
+    """CPU seconds all processes on this machine have used, summed over its cores."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+
+
+@dataclass
+class Usage:
+    """CPU seconds used by a server, its runners, this load generator and everything else."""
+
+    server: float = 0.0
+    runners: float = 0.0
+    client: float = 0.0
+    others: float = 0.0
+
+    @classmethod
+    def sample(cls, server: ServerProcess) -> Usage:
+        usage = cls(client=time.process_time())
+        for pid in server.tagged_pids():
+            try:
+                seconds = _cpu_seconds(pid)
+            except OSError:
+                continue
+            if pid == server.pid:
+                usage.server += seconds
+            else:
+                usage.runners += seconds
+        usage.others = _machine_busy_seconds() - usage.server - usage.runners - usage.client
+        return usage
+
+    def __sub__(self, earlier: Usage) -> Usage:
+        return Usage(self.server - earlier.server, self.runners - earlier.runners,
+                     self.client - earlier.client, self.others - earlier.others)
 
 
 # Load generation -------------------------------------------------------------------------
@@ -207,11 +234,14 @@ def direct(url: str) -> Operation:
 
 @dataclass
 class QueueClient:
-    """Submits to openfal's queue and counts the submits it acknowledged."""
+    """Drives openfal's queue API and counts submits acknowledged, round trips and polls."""
 
     base_url: str
+    poll_interval: float = 0.0
     accepted: int = 0
+    trips: int = 0
     polls: int = 0
+    backlog: int = 0  # requests waiting ahead of the latest one accepted
 
     async def submit(self, session: aiohttp.ClientSession) -> dict[str, Any] | None:
         async with session.post(f"{self.base_url}/queue/{ECHO}", data=BODY,
@@ -219,12 +249,15 @@ class QueueClient:
             if response.status != 200:
                 return None
             self.accepted += 1
-            return await response.json()
+            handle = await response.json()
+            self.backlog = handle["queue_position"]
+            return handle
 
     async def submit_only(self, session: aiohttp.ClientSession) -> bool:
         return await self.submit(session) is not None
 
     async def round_trip(self, session: aiohttp.ClientSession) -> bool:
+        self.trips += 1
         handle = await self.submit(session)
         if handle is None or not await self._until_completed(session, handle["status_url"]):
             return False
@@ -232,13 +265,15 @@ class QueueClient:
             return response.status == 200 and (await response.json())["text"] == PROMPT
 
     async def _until_completed(self, session: aiohttp.ClientSession, status_url: str) -> bool:
-        """Poll the status, each poll as soon as the previous answer is in."""
+        """Poll the status every ``poll_interval`` seconds (0: as soon as an answer is in)."""
         while True:
             self.polls += 1
             async with session.get(status_url) as response:
                 await response.read()
                 if response.status != 202:
                     return response.status == 200
+            if self.poll_interval:
+                await asyncio.sleep(self.poll_interval)
 
 
 # Measurement points ----------------------------------------------------------------------
@@ -249,9 +284,8 @@ class Point:
     target: str
     concurrency: int
     run: Run
-    server_cpu: float
-    runner_cpu: float | None
-    client_cpu: float
+    usage: Usage
+    has_runners: bool
 
     @property
     def completed(self) -> int:
@@ -262,9 +296,9 @@ class Point:
         return self.completed / self.run.elapsed
 
     def percentile_ms(self, fraction: float) -> float:
+        """Nearest-rank percentile of the latencies, in milliseconds."""
         ordered = sorted(self.run.latencies)
-        index = min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))
-        return ordered[index] * 1000
+        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)] * 1000
 
     def per_request_us(self, seconds: float) -> float:
         return seconds / max(1, self.completed) * 1e6
@@ -277,18 +311,17 @@ class Bench:
     points: list[Point] = field(default_factory=list)
 
     async def measure(self, scenario: str, server: ServerProcess, concurrency: int,
-                      operation: Operation, runners: bool = True) -> Point:
+                      operation: Operation, has_runners: bool = True) -> Point:
         connector = aiohttp.TCPConnector(limit=concurrency)
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             await drive(session, operation, concurrency, self.warmup)
-            before, client_before = cpu_by_role(server), time.process_time()
+            before = Usage.sample(server)
             run = await drive(session, operation, concurrency, self.duration)
-            after, client_after = cpu_by_role(server), time.process_time()
-        point = Point(scenario, server.name, concurrency, run,
-                      server_cpu=after["server"] - before["server"],
-                      runner_cpu=after["runners"] - before["runners"] if runners else None,
-                      client_cpu=client_after - client_before)
+            usage = Usage.sample(server) - before
+        if not run.latencies:
+            raise RuntimeError(f"{scenario} on {server.name}: no request succeeded")
+        point = Point(scenario, server.name, concurrency, run, usage, has_runners)
         self.points.append(point)
         print(f"  {scenario:<22} {server.name:<9} c={concurrency:<4} "
               f"{point.throughput:8.0f} req/s  p50 {point.percentile_ms(0.5):7.2f} ms",
@@ -324,15 +357,19 @@ async def first_echo(url: str) -> None:
 
 
 async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
-                  queue: QueueClient, queue_concurrency: int) -> None:
+                  queue: QueueClient, queue_concurrency: int) -> float:
+    """Measure every point; return the rate at which the queue completed requests while
+    they were submitted as fast as it accepted them."""
     await first_echo(openfal.url)
     for concurrency in DIRECT_CONCURRENCY:
         await bench.measure("direct run", baseline, concurrency, direct(f"{baseline.url}/echo"),
-                            runners=False)
+                            has_runners=False)
         await bench.measure("direct run", openfal, concurrency, direct(f"{openfal.url}/{ECHO}"))
     for concurrency in (1, queue_concurrency):
         await bench.measure("queued round trip", openfal, concurrency, queue.round_trip)
+    accepted, started = queue.accepted, time.perf_counter()
     await bench.measure("queue submit only", openfal, queue_concurrency, queue.submit_only)
+    return (queue.accepted - accepted - queue.backlog) / (time.perf_counter() - started)
 
 
 def stored_queue_requests(data_dir: Path) -> int:
@@ -349,16 +386,21 @@ class Section:
     rows: list[list[str]]
 
 
-def _cpu(point: Point, seconds: float | None) -> str:
-    return "-" if seconds is None else f"{point.per_request_us(seconds):.0f}"
+def _cpu_columns(point: Point) -> list[str]:
+    usage = point.usage
+    runners = f"{point.per_request_us(usage.runners):.0f}" if point.has_runners else "-"
+    others = max(0.0, usage.others) / point.run.elapsed / NPROC
+    return [f"{point.per_request_us(usage.server):.0f}", runners,
+            f"{point.per_request_us(usage.client):.0f}", f"{others:.0%}"]
 
 
 def results_section(bench: Bench) -> Section:
     headers = ["scenario", "target", "conc.", "requests", "errors", "req/s", "p50 ms", "p99 ms",
-               "server CPU µs/req", "runner CPU µs/req", "client CPU µs/req"]
+               "server CPU µs/req", "runner CPU µs/req", "client CPU µs/req",
+               "other load"]
     rows = [[p.scenario, p.target, str(p.concurrency), str(p.completed), str(p.run.errors),
              f"{p.throughput:.0f}", f"{p.percentile_ms(0.5):.2f}", f"{p.percentile_ms(0.99):.2f}",
-             _cpu(p, p.server_cpu), _cpu(p, p.runner_cpu), _cpu(p, p.client_cpu)]
+             *_cpu_columns(p)]
             for p in bench.points]
     return Section("Results", headers, rows)
 
@@ -376,7 +418,8 @@ def direct_section(bench: Bench) -> Section:
                    ["conc.", "p50 overhead ms", "p99 overhead ms", "throughput ratio"], rows)
 
 
-def queue_section(bench: Bench, queue: QueueClient, stored: int, concurrency: int) -> Section:
+def queue_section(bench: Bench, queue: QueueClient, processed: float, stored: int,
+                  concurrency: int) -> Section:
     trip = bench.find("queued round trip", "openfal", concurrency)
     single = bench.find("queued round trip", "openfal", 1)
     submit = bench.find("queue submit only", "openfal", concurrency)
@@ -392,7 +435,8 @@ def queue_section(bench: Bench, queue: QueueClient, stored: int, concurrency: in
         [f"  ÷ bare endpoint req/s at c={direct_base.concurrency}",
          f"{trip.throughput / direct_base.throughput:.2f}"],
         [f"submits accepted/s at c={concurrency}", f"{submit.throughput:.0f}"],
-        ["status polls per round trip", f"{queue.polls / max(1, queue.accepted):.1f}"],
+        ["  requests completed/s meanwhile (≈ accepted - backlog left)", f"{processed:.0f}"],
+        ["status polls per round trip", f"{queue.polls / max(1, queue.trips):.1f}"],
         ["queue requests acknowledged / found in the store after shutdown",
          f"{queue.accepted} / {stored}"],
     ]
@@ -410,8 +454,34 @@ def goals_section(bench: Bench, concurrency: int) -> Section:
     return Section("Goals", ["goal", "measured", "verdict"], rows)
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _git(*args: str) -> str:
+    root = Path(__file__).resolve().parent.parent
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def _revision() -> str:
+    try:
+        head = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + (" with uncommitted changes" if dirty else "")
+
+
 def environment() -> list[str]:
-    return [f"nproc: {len(os.sched_getaffinity(0))} (load generator and servers share them)",
+    load = ", ".join(f"{value:.2f}" for value in os.getloadavg())
+    return [f"nproc: {NPROC} ({_cpu_model()}); the load generator and "
+            "the servers share these cores",
+            f"load average before the run: {load}",
+            f"openfal revision: {_revision()}",
             f"python: {platform.python_version()} on {platform.platform()}",
             f"uvicorn {uvicorn.__version__}, starlette {starlette.__version__}, "
             f"aiohttp {aiohttp.__version__}, uvloop {uvloop.__version__}"]
@@ -450,6 +520,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds of unmeasured load before each point (default 1)")
     parser.add_argument("--queue-concurrency", type=int, default=64,
                         help="workers for the queue's throughput points (default 64)")
+    parser.add_argument("--poll-interval", type=float, default=0.0,
+                        help="seconds between status polls of a queued request "
+                        "(default 0: poll again as soon as the answer is in)")
     parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
@@ -466,11 +539,12 @@ def bench_main(args: argparse.Namespace) -> None:
                      ) as baseline, running(ServerProcess("openfal", [
                          sys.executable, "-m", "openfal", "serve", "--port", "0",
                          "--data-dir", str(data_dir)])) as openfal:
-            queue = QueueClient(openfal.url)
-            uvloop.run(run_all(bench, baseline, openfal, queue, args.queue_concurrency))
+            queue = QueueClient(openfal.url, args.poll_interval)
+            processed = uvloop.run(run_all(bench, baseline, openfal, queue,
+                                           args.queue_concurrency))
         stored = stored_queue_requests(data_dir)
     sections = [results_section(bench), direct_section(bench),
-                queue_section(bench, queue, stored, args.queue_concurrency),
+                queue_section(bench, queue, processed, stored, args.queue_concurrency),
                 goals_section(bench, args.queue_concurrency)]
     print(render_text([], sections), end="")
     if args.markdown is not None:

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 APPS = Path(__file__).parent / "apps" / "testapps.py"
-ALL_TEST_APPS = [f"{APPS}::{name}" for name in ("Work", "Wait", "Scale", "Strict", "BrokenSetup")]
+ALL_TEST_APPS = [f"{APPS}::{name}" for name in (
+    "Work", "Wait", "Scale", "Strict", "BrokenSetup", "Media")]
 START_TIMEOUT = 60.0
 
 
@@ -58,7 +59,8 @@ class ServerProcess:
         ready.set()
 
     def client(self, **kwargs) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:

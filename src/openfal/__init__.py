@@ -2,6 +2,7 @@
 
 from openfal.app.app import App, endpoint
 from openfal.app.context import RequestContext, current_request, partial, progress
+from openfal.app.errors import AppException, FieldException, RequestCancelled
 from openfal.app.media import (
     Audio,
     AudioUrl,
@@ -12,7 +13,6 @@ from openfal.app.media import (
     Video,
     VideoUrl,
 )
-from openfal.app.errors import AppException, FieldException, RequestCancelled
 
 __version__ = "0.1.0"
 
@@ -21,15 +21,15 @@ __all__ = [
     "AppException",
     "Audio",
     "AudioUrl",
+    "FieldException",
     "File",
     "FileUrl",
     "Image",
     "ImageUrl",
-    "Video",
-    "VideoUrl",
-    "FieldException",
     "RequestCancelled",
     "RequestContext",
+    "Video",
+    "VideoUrl",
     "__version__",
     "current_request",
     "endpoint",

@@ -171,3 +171,40 @@ class BrokenSetup(openfal.App):
     @openfal.endpoint("/")
     def run(self, input: ScaleInput) -> dict:
         return {}
+
+
+class MediaInput(BaseModel):
+    image: openfal.Image | None = None
+    image_url: str | None = Field(default=None, description="A plain *_url string.")
+    document: openfal.File | None = None
+    sync_mode: bool = False
+
+
+class Media(openfal.App):
+    """Reads media inputs without download code and returns media outputs."""
+
+    app_name = "media"
+    max_multiplexing = 4
+
+    @openfal.endpoint("/")
+    def run(self, input: MediaInput) -> dict:
+        import hashlib
+
+        from PIL import Image as PIL
+
+        result: dict = {}
+        if input.image is not None:
+            pil = input.image.to_pil()
+            result["image"] = {"size": list(pil.size), "width": input.image.width,
+                               "height": input.image.height}
+            result["flipped"] = openfal.Image.from_pil(
+                pil.transpose(PIL.Transpose.FLIP_LEFT_RIGHT), "png")
+        if input.image_url is not None:
+            result["image_url"] = {"size": list(input.image_url.to_pil().size),
+                                   "is_str": isinstance(input.image_url, str)}
+        if input.document is not None:
+            data = input.document.read_bytes()
+            result["document"] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                  "size": input.document.file_size}
+            result["echo"] = openfal.File.from_bytes(data, "text/plain", "echo.txt")
+        return result

@@ -31,6 +31,8 @@ class RequestContext:
     emit: Emit = field(repr=False)
     # Set from the input's ``sync_mode`` field: media outputs are inlined, not stored.
     sync_mode: bool = False
+    # Whether the caller streams partial results (``/stream``): worth making previews.
+    streaming: bool = False
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -58,7 +60,7 @@ class RequestContext:
         self.emit({"t": "partial", "id": self.request_id, "body": pydantic_core.to_json(result)})
 
     @property
-    def lifecycle_seconds(self) -> float | None | Literal["default"]:
+    def lifecycle_seconds(self) -> float | Literal["default"] | None:
         """Output lifetime the caller asked for in ``X-Fal-Object-Lifecycle-Preference``:
         seconds, None for never, or "default" when it did not say."""
         raw = self.headers.get("x-fal-object-lifecycle-preference")

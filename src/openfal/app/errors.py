@@ -14,11 +14,13 @@ class AppException(Exception):
     A 503 tells the platform the runner is unhealthy: it is replaced and the request retried.
     """
 
-    def __init__(self, message: str, status_code: int = 400, error_type: str | None = None):
+    def __init__(self, message: str, status_code: int = 400, error_type: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.error_type = error_type
+        self.headers = headers or {}
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"detail": self.message}
@@ -48,6 +50,14 @@ class FieldException(AppException):
         path = self.field.split(".") if isinstance(self.field, str) else self.field
         loc = ["body", *path]
         return {"detail": [{"loc": loc, "msg": self.message, "type": self.type}]}
+
+
+class ModelUnavailable(AppException):
+    """The model's weights (or its runtime) are not on this machine: a 503 that no retry on
+    another runner would fix, so it is not retried (``X-Fal-Needs-Retry: 0``)."""
+
+    def __init__(self, message: str):
+        super().__init__(message, 503, "model_unavailable", {"x-fal-needs-retry": "0"})
 
 
 class RequestCancelled(Exception):

@@ -76,7 +76,8 @@ def _fetch_url(value: str, name: str, loc: Loc, scratch: Path) -> FileUrl:
 
 
 def _image_size(path: Path, loc: Loc) -> tuple[int, int]:
-    from PIL import Image as PIL, UnidentifiedImageError
+    from PIL import Image as PIL
+    from PIL import UnidentifiedImageError
 
     try:
         with PIL.open(path) as image:

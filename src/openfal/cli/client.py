@@ -138,7 +138,7 @@ class StatusDisplay:
             TextColumn("{task.fields[steps]}"), TimeElapsedColumn(),
             console=stderr, transient=True, disable=not stderr.is_terminal)
         self.task = self.progress.add_task("submitted", total=None, steps="")
-        self.logs_shown = 0
+        self.logs_seen: set[tuple[Any, ...]] = set()
 
     def __enter__(self) -> StatusDisplay:
         self.progress.start()
@@ -172,9 +172,12 @@ class StatusDisplay:
             total=total, completed=step, steps=f"{step}/{total}" if total else str(step))
 
     def _print_new_logs(self, logs: list[dict[str, Any]]) -> None:
-        for entry in logs[self.logs_shown:]:
-            stderr.print(format_log(entry), soft_wrap=True)
-        self.logs_shown = max(self.logs_shown, len(logs))
+        """Print the lines not printed yet; an event may repeat earlier lines or not."""
+        for entry in logs:
+            key = tuple(entry.get(field) for field in ("timestamp", "source", "level", "message"))
+            if key not in self.logs_seen:
+                self.logs_seen.add(key)
+                stderr.print(format_log(entry), soft_wrap=True)
 
 
 def format_log(entry: dict[str, Any]) -> Text:

@@ -21,7 +21,7 @@ from typing import Any
 from openfal.app.registry import Registry, ServedApp
 from openfal.dispatcher.jobs import Attempt, Job, Priority
 from openfal.dispatcher.pool import AppPool
-from openfal.dispatcher.runners import RunnerHandle
+from openfal.dispatcher.runners import RunnerHandle, SetupFailed
 from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status, Store
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,10 @@ class QueueFull(Exception):
 
 
 class Dispatcher:
-    def __init__(self, store: Store, registry: Registry, *, retention_seconds: float):
+    def __init__(self, store: Store, registry: Registry, *, retention_seconds: float,
+                 runner_env: dict[str, str] | None = None):
         self.store = store
+        self.runner_env = runner_env or {}
         self.registry = registry
         self.retention_seconds = retention_seconds
         self.jobs: dict[str, Job] = {}
@@ -64,8 +66,9 @@ class Dispatcher:
     async def start(self) -> None:
         for app in self.registry.apps.values():
             self.pools[app.app_id] = AppPool(
-                app, start_attempt=self._start_attempt, on_message=self._on_message,
-                on_exit=self._on_runner_exit, on_setup_failure=self._on_setup_failure)
+                app, runner_env=self.runner_env, start_attempt=self._start_attempt,
+                on_message=self._on_message, on_exit=self._on_runner_exit,
+                on_setup_failure=self._on_setup_failure)
         await self._recover()
         for pool in self.pools.values():
             pool.pump()
@@ -163,7 +166,7 @@ class Dispatcher:
             job.deadline_timer.cancel()
         runner.in_flight[job.id] = attempt
         runner.send({"t": "run", "id": job.id, "path": job.path, "body": job.payload,
-                     "headers": job.headers})
+                     "headers": job.headers, "stream": job.partials is not None})
         timeout = self.pools[job.app_id].config.request_timeout
         attempt.timer = asyncio.get_running_loop().call_later(
             timeout, self._attempt_timed_out, attempt)
@@ -188,9 +191,13 @@ class Dispatcher:
             runner.in_flight.pop(job.id)
             runner.hints = message.get("hints") or runner.hints
             status, body = message["status"], message["body"]
-            self._end_attempt(attempt, Outcome(status=status, body=body,
-                                               inference_time=time.time() - attempt.started_at))
-            if status == 503:
+            headers = message.get("headers") or {}
+            retry = _needs_retry(status, headers)
+            outcome = Outcome(status=status, body=body, headers=headers,
+                              inference_time=time.time() - attempt.started_at)
+            self._end_attempt(attempt, outcome, retry)
+            if status == 503 and retry:
+                # The runner says it is unhealthy: replace it.
                 runner.kill()
             pool = self.pools[job.app_id]
             pool.watch_idle(runner)
@@ -218,10 +225,12 @@ class Dispatcher:
                       "client_cancelled": "Request cancelled",
                       "runner_disconnected": "The runner stopped while serving the request",
                       }[error_type]
-            self._end_attempt(attempt, failure(status, detail, error_type))
+            retry = error_type != "client_cancelled"
+            self._end_attempt(attempt, failure(status, detail, error_type), retry)
         runner.in_flight.clear()
 
-    def _end_attempt(self, attempt: Attempt, outcome: Outcome) -> None:
+    def _end_attempt(self, attempt: Attempt, outcome: Outcome, retry: bool) -> None:
+        """Record how an attempt ended; retry it (``retry`` and the job allows) or finish."""
         job = attempt.job
         if attempt.timer is not None:
             attempt.timer.cancel()
@@ -233,7 +242,7 @@ class Dispatcher:
                                    outcome.error_type or _body_error_type(outcome.body))
         if job.cancel_requested and outcome.status >= 500:
             outcome = cancelled()
-        if outcome.status in _RETRY_STATUSES and job.may_retry():
+        if retry and job.may_retry():
             log.info("request %s: attempt %d failed with %d, retrying", job.id,
                      attempt.number, outcome.status)
             job.status = Status.IN_QUEUE
@@ -249,11 +258,17 @@ class Dispatcher:
             outcome.headers.setdefault("x-fal-error-type", outcome.error_type)
         self._finish_soon(job, outcome)
 
-    def _on_setup_failure(self, pool: AppPool, reason: str) -> None:
+    def _on_setup_failure(self, pool: AppPool, setup: SetupFailed) -> None:
+        if setup.answer is not None:
+            status, body = setup.answer
+            error_type = _body_error_type(body) or _default_error_type(status)
+            outcome = Outcome(status=status, body=body, error=_body_detail(body),
+                              error_type=error_type, headers={"x-fal-error-type": error_type})
+        else:
+            outcome = failure(503, f"No runner could be started for {pool.app.app_id}: {setup}",
+                              "runner_scheduling_failure")
         for job in pool.take_waiting():
-            self._finish_soon(job, failure(
-                503, f"No runner could be started for {pool.app.app_id}: {reason}",
-                "runner_scheduling_failure"))
+            self._finish_soon(job, outcome)
 
     # Start deadlines (X-Fal-Request-Timeout)
     def _arm_start_deadline(self, job: Job) -> None:
@@ -328,6 +343,15 @@ class Dispatcher:
     def runners(self) -> list[dict[str, Any]]:
         return [runner.describe() for pool in self.pools.values()
                 for runner in pool.runners.values()]
+
+
+def _needs_retry(status: int, headers: dict[str, str]) -> bool:
+    """The hosted platform's rule: 503 and 504 are retried; an app can say otherwise with
+    ``X-Fal-Needs-Retry: 0|1``."""
+    override = headers.get("x-fal-needs-retry")
+    if override in ("0", "1"):
+        return override == "1"
+    return status in _RETRY_STATUSES
 
 
 def _body_json(body: bytes) -> Any:

@@ -22,15 +22,17 @@ SETUP_FAILURE_LIMIT = 3
 
 
 class AppPool:
-    def __init__(self, app: ServedApp, *, start_attempt: Callable[[Job, RunnerHandle], None],
+    def __init__(self, app: ServedApp, *, runner_env: dict[str, str],
+                 start_attempt: Callable[[Job, RunnerHandle], None],
                  on_message: Callable[[RunnerHandle, dict[str, Any]], None],
                  on_exit: Callable[[RunnerHandle], None],
-                 on_setup_failure: Callable[[AppPool, str], None]):
+                 on_setup_failure: Callable[[AppPool, SetupFailed], None]):
         self.app = app
         self.config = app.cls
         self.queues: dict[Priority, deque[Job]] = {p: deque() for p in Priority}
         self.runners: dict[str, RunnerHandle] = {}
         self.setup_failures = 0
+        self.runner_env = runner_env
         self._start_attempt = start_attempt
         self._on_message = on_message
         self._on_exit = on_exit
@@ -129,7 +131,8 @@ class AppPool:
         self._scale()
 
     def _spawn(self) -> None:
-        runner = RunnerHandle(self.app.app_id, self.app.ref, self.config.max_multiplexing)
+        runner = RunnerHandle(self.app.app_id, self.app.ref, self.config.max_multiplexing,
+                              self.runner_env)
         self.runners[runner.id] = runner
         self._track(asyncio.create_task(self._run(runner)))
 
@@ -138,12 +141,12 @@ class AppPool:
             await runner.start(self.config.startup_timeout)
         except SetupFailed as exc:
             self.runners.pop(runner.id, None)
-            self._setup_failed(str(exc))
+            self._setup_failed(exc)
             return
         except Exception as exc:
             self.runners.pop(runner.id, None)
             runner.kill()
-            self._setup_failed(f"could not start a runner: {exc!r}")
+            self._setup_failed(SetupFailed(f"could not start a runner: {exc!r}"))
             return
         self.setup_failures = 0
         self.watch_idle(runner)
@@ -153,15 +156,16 @@ class AppPool:
         self._on_exit(runner)
         self.pump()
 
-    def _setup_failed(self, reason: str) -> None:
+    def _setup_failed(self, failure: SetupFailed) -> None:
         self.setup_failures += 1
         log.error("%s: runner setup failed (%d in a row): %s", self.app.app_id,
-                  self.setup_failures, reason)
-        backoff = min(0.5 * 2 ** (self.setup_failures - 1), 30.0)
-        self._spawn_blocked_until = time.monotonic() + backoff
-        if self.setup_failures >= SETUP_FAILURE_LIMIT:
+                  self.setup_failures, failure)
+        if failure.answer is not None or self.setup_failures >= SETUP_FAILURE_LIMIT:
             self.setup_failures = 0
-            self._on_setup_failure(self, reason)
+            self._on_setup_failure(self, failure)
+        else:
+            backoff = min(0.5 * 2 ** (self.setup_failures - 1), 30.0)
+            self._spawn_blocked_until = time.monotonic() + backoff
         self._scale()
 
     def watch_idle(self, runner: RunnerHandle) -> None:

@@ -26,7 +26,12 @@ class RunnerState(enum.StrEnum):
 
 
 class SetupFailed(Exception):
-    pass
+    """A runner could not start. ``answer`` is the (status, body) the app gave as the reason,
+    when it gave one: then no other runner would do better and requests fail at once."""
+
+    def __init__(self, reason: str, answer: tuple[int, bytes] | None = None):
+        super().__init__(reason)
+        self.answer = answer
 
 
 OnMessage = Callable[["RunnerHandle", dict[str, Any]], None]
@@ -34,11 +39,13 @@ OnExit = Callable[["RunnerHandle"], Awaitable[None] | None]
 
 
 class RunnerHandle:
-    def __init__(self, app_id: str, app_ref: str, max_multiplexing: int):
+    def __init__(self, app_id: str, app_ref: str, max_multiplexing: int,
+                 env: dict[str, str] | None = None):
         self.id = uuid.uuid4().hex[:12]
         self.app_id = app_id
         self.app_ref = app_ref
         self.max_multiplexing = max_multiplexing
+        self.env = env or {}
         self.draining = False
         self.ready = False
         self.pid: int | None = None
@@ -70,7 +77,7 @@ class RunnerHandle:
     async def start(self, startup_timeout: float) -> None:
         """Spawn the process and wait until its ``setup()`` has finished."""
         ours, theirs = socket.socketpair()
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "openfal.runner", "--app", self.app_ref,
             "--fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
@@ -85,8 +92,10 @@ class RunnerHandle:
             raise SetupFailed(f"setup() did not finish within {startup_timeout:g}s") from None
         if first is None or first["t"] != "ready":
             self.kill()
-            reason = first.get("error") if first else "the runner exited during setup"
-            raise SetupFailed(reason)
+            if first is None:
+                raise SetupFailed("the runner exited during setup")
+            answer = (first["status"], first["body"]) if "status" in first else None
+            raise SetupFailed(first.get("error", "setup failed"), answer)
         self.hints = first.get("hints") or []
         self.ready = True
         self.idle_since = time.monotonic()

@@ -12,13 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from openfal.gateway import platform_routes, queue, run
+from openfal.gateway import platform_routes, queue, run, storage_routes
 from openfal.gateway.http import HTTPError, json_response
 from openfal.server import Platform
 
 log = logging.getLogger(__name__)
 
 _BY_ID = "/queue/{owner}/{app}/requests/{request_id}"
+_SIGNED_UPLOAD = "/storage/uploads/{upload_id}"
+_CDN_MULTIPART = "/files/{file_id}/{file_name}/multipart/{upload_id}"
 
 ROUTES = [
     Route("/health", platform_routes.health, methods=["GET"]),
@@ -30,7 +32,22 @@ ROUTES = [
     Route(_BY_ID + "/status/stream", queue.status_stream, methods=["GET"]),
     Route(_BY_ID + "/cancel", queue.cancel, methods=["PUT"]),
     Route(_BY_ID, queue.result, methods=["GET"]),
+    Route("/storage/auth/token", storage_routes.cdn_token, methods=["POST"]),
+    Route("/storage/upload/initiate", storage_routes.initiate, methods=["POST"]),
+    Route("/storage/upload/initiate-multipart", storage_routes.initiate, methods=["POST"]),
+    Route(_SIGNED_UPLOAD, storage_routes.put_signed_upload, methods=["PUT"]),
+    Route(_SIGNED_UPLOAD + "/complete", storage_routes.complete_signed, methods=["POST"]),
+    Route(_SIGNED_UPLOAD + "/{part_number:int}", storage_routes.put_signed_part,
+          methods=["PUT"]),
+    Route("/files/upload", storage_routes.upload, methods=["POST"]),
+    Route("/files/upload/multipart", storage_routes.create_multipart, methods=["POST"]),
+    Route(_CDN_MULTIPART + "/complete", storage_routes.complete_cdn, methods=["POST"]),
+    Route(_CDN_MULTIPART + "/{part_number:int}", storage_routes.put_cdn_part, methods=["PUT"]),
+    Route("/files/{file_path:path}", storage_routes.serve_file, methods=["GET"]),
+    Route("/storage/{rest:path}", storage_routes.preflight, methods=["OPTIONS"]),
+    Route("/files/{rest:path}", storage_routes.preflight, methods=["OPTIONS"]),
     Route("/queue/{endpoint_id:path}", queue.submit, methods=["POST"]),
+    Route("/{endpoint_id:path}/stream", run.stream, methods=["POST"]),
     Route("/{endpoint_id:path}", run.run, methods=["POST"]),
 ]
 

@@ -144,7 +144,8 @@ async def status_stream(request: Request) -> Response:
                     yield b": keep-alive\n\n"
             job = view.job
             assert job is not None
-            if job.finished:
+            # COMPLETED is set only once the outcome is committed: read it from the store.
+            if job.status is Status.COMPLETED:
                 record = await platform.store.get_request(job.id)
                 view = _View(None, record)
 

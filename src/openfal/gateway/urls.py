@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from starlette.requests import Request
+
+from openfal.files.base import file_url
+
+__all__ = ["base_url", "file_url", "queue_urls", "schema_url", "signed_upload_url"]
 
 
 def base_url(request: Request) -> str:
@@ -17,3 +23,8 @@ def queue_urls(request: Request, app_id: str, request_id: str) -> dict[str, str]
 
 def schema_url(request: Request, endpoint_id: str) -> str:
     return f"{base_url(request)}/api/openapi/queue/openapi.json?endpoint_id={endpoint_id}"
+
+
+def signed_upload_url(public_url: str, upload_id: str, signature: str) -> str:
+    """Where a client PUTs the bytes of an initiated upload (parts go under it)."""
+    return f"{public_url}/storage/uploads/{upload_id}?{urlencode({'signature': signature})}"

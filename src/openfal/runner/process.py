@@ -34,6 +34,8 @@ from openfal.app.context import RequestContext, current_request, set_current_req
 from openfal.app.errors import AppException, RequestCancelled, validation_detail
 from openfal.app.inputs import fetch_inputs
 from openfal.app.loader import load_app
+from openfal.app.media import configure as configure_media
+from openfal.runner.environment import media_config_from_environment
 from openfal.runner.protocol import encode, read_message
 
 
@@ -124,12 +126,17 @@ class Runner:
     async def start(self) -> bool:
         try:
             await self.call(self.app.setup)
+        except AppException as exc:
+            # The app says why it cannot serve (missing weights, say): pass its answer on.
+            self.send({"t": "setup_failed", "error": exc.message, "status": exc.status_code,
+                       "body": pydantic_core.to_json(exc.to_body())})
         except BaseException:
             self.send({"t": "setup_failed", "error": traceback.format_exc()})
-            await self.writer.drain()
-            return False
-        self.send({"t": "ready", "hints": self.hints(), "pid": os.getpid()})
-        return True
+        else:
+            self.send({"t": "ready", "hints": self.hints(), "pid": os.getpid()})
+            return True
+        await self.writer.drain()
+        return False
 
     def hints(self) -> list[str]:
         try:
@@ -140,7 +147,7 @@ class Runner:
     def on_run(self, message: dict[str, Any]) -> None:
         request_id = message["id"]
         ctx = RequestContext(request_id, message["path"], message.get("headers") or {},
-                             self.send)
+                             self.send, streaming=bool(message.get("stream")))
         task = self.loop.create_task(self.serve(ctx, message["path"], message["body"]))
         self.requests[request_id] = (ctx, task)
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
@@ -158,17 +165,18 @@ class Runner:
         set_current_request(ctx)
         spec = self.app_cls.endpoints().get(path)
         try:
-            status, payload = await self.invoke(ctx, spec, body)
+            status, payload, headers = await self.invoke(ctx, spec, body)
         finally:
             self.stdout.finish(ctx)
             self.stderr.finish(ctx)
         self.send({"t": "result", "id": ctx.request_id, "status": status, "body": payload,
-                   "hints": self.hints()})
+                   "headers": headers, "hints": self.hints()})
 
     async def invoke(self, ctx: RequestContext, spec: EndpointSpec | None,
-                     body: bytes) -> tuple[int, bytes]:
+                     body: bytes) -> tuple[int, bytes, dict[str, str]]:
+        """Run the endpoint: (HTTP status, JSON body, response headers)."""
         if spec is None:
-            return 404, b'{"detail":"Not Found"}'
+            return 404, b'{"detail":"Not Found"}', {}
         scratch = Path(tempfile.mkdtemp(prefix="openfal-request-"))
         try:
             args = []
@@ -178,21 +186,22 @@ class Runner:
                 await self.call(fetch_inputs, payload, scratch)
                 args.append(payload)
             output = await self.call(getattr(self.app, spec.method_name), *args)
-            return 200, pydantic_core.to_json(output)
+            return 200, pydantic_core.to_json(output), {}
         except ValidationError as exc:
-            return 422, pydantic_core.to_json({"detail": validation_detail(exc)})
+            return 422, pydantic_core.to_json({"detail": validation_detail(exc)}), {}
         except AppException as exc:
-            return exc.status_code, pydantic_core.to_json(exc.to_body())
+            return exc.status_code, pydantic_core.to_json(exc.to_body()), exc.headers
         except (RequestCancelled, asyncio.CancelledError):
             if not ctx.is_cancelled:
                 raise
-            return 499, b'{"detail":"Request cancelled","error_type":"client_cancelled"}'
+            return 499, b'{"detail":"Request cancelled","error_type":"client_cancelled"}', {}
         except Exception as exc:
             ctx.log(traceback.format_exc(), level="ERROR", source="runner")
             if _is_device_failure(exc):
                 return 503, pydantic_core.to_json(
-                    {"detail": f"Runner unhealthy: {exc}", "error_type": "runner_unhealthy"})
-            return 500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}'
+                    {"detail": f"Runner unhealthy: {exc}", "error_type": "runner_unhealthy"}), {}
+            return (500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}',
+                    {})
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
@@ -219,6 +228,7 @@ def _is_device_failure(exc: Exception) -> bool:
 
 async def _main(app_ref: str, fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
+    configure_media(media_config_from_environment())
     runner = Runner(load_app(app_ref), writer)
     runner.capture_output()
     if not await runner.start():

@@ -1,0 +1,412 @@
+"""Tiny, randomly initialised diffusers pipelines of the real architectures, built offline.
+
+``make_tiny("flux", out_dir)`` writes a pipeline folder that loads back through
+``DiffusionPipeline.from_pretrained(out_dir)`` exactly like a downloaded checkpoint: the same
+pipeline classes, component classes and geometry (latent channels, VAE scale factors, patching),
+but a few hundred thousand random parameters. Tokenizers are trained here, on a handful of
+sentences, by small deterministic trainers, so nothing is downloaded.
+
+The weights are random, so the outputs are noise. Each folder holds ``MARKER_FILE`` so that apps
+can say so (``is_tiny_random``). torch, diffusers and transformers are imported only when a
+pipeline is built: this module imports without them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+TINY_KINDS: tuple[str, ...] = ("flux", "sd", "wan")
+MARKER_FILE = "OPENFAL_TINY_RANDOM_WEIGHTS.txt"
+
+TOKENIZER_SENTENCES: tuple[str, ...] = (
+    "a photo of a cat sitting on a red chair",
+    "an astronaut riding a horse on the moon, digital art",
+    "a watercolor painting of mountains at sunset",
+    "a tiny robot walking through a forest, cinematic lighting",
+    "close-up portrait of an old man with a beard, 35mm film",
+    "a bowl of ramen with eggs and green onions",
+    "The quick brown fox jumps over the lazy dog 0123456789!?.,;:'\"()[]{}",
+)
+
+# CLIP's pre-tokenisation for the (lower-cased, ASCII) training sentences.
+CLIP_WORD_PATTERN = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^\sa-z0-9]+")
+CLIP_END_OF_WORD = "</w>"
+CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
+CLIP_MAX_MERGES = 200
+CLIP_MAX_LENGTH = 77
+
+T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1 and 2, as T5 expects
+T5_WORD_BOUNDARY = "\u2581"
+T5_ALPHABET = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()[]{}-"
+)
+T5_EXTRA_IDS = 100
+
+CLIP_TEXT_CONFIG: dict[str, Any] = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "vocab_size": 1000,
+    "projection_dim": 32,
+    "hidden_act": "gelu",
+    "max_position_embeddings": CLIP_MAX_LENGTH,
+}
+T5_ENCODER_CONFIG: dict[str, Any] = {
+    "vocab_size": 1000,
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 37,
+    "num_layers": 2,
+    "num_heads": 4,
+    "relative_attention_num_buckets": 8,
+    "is_encoder_decoder": False,
+}
+
+# FLUX.1 geometry: an 8x VAE with 16 latent channels, 2x2 latent patches packed into 64 channels.
+FLUX_VAE_CONFIG: dict[str, Any] = {
+    "sample_size": 64,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [8, 16, 16, 16],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1,
+    "latent_channels": 16,
+    "norm_num_groups": 4,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "shift_factor": 0.1159,
+    "scaling_factor": 0.3611,
+}
+FLUX_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": T5_ENCODER_CONFIG["d_model"],
+    "pooled_projection_dim": CLIP_TEXT_CONFIG["hidden_size"],
+    "axes_dims_rope": [4, 4, 8],
+}
+FLUX_SCHEDULER_CONFIG: dict[str, Any] = {
+    "shift": 3.0,
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+}
+
+# Stable Diffusion 1.x geometry: an 8x VAE with 4 latent channels.
+SD_VAE_CONFIG: dict[str, Any] = {
+    "sample_size": 256,
+    "in_channels": 3,
+    "out_channels": 3,
+    "block_out_channels": [8, 16, 16, 16],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "layers_per_block": 1,
+    "latent_channels": 4,
+    "norm_num_groups": 4,
+    "scaling_factor": 0.18215,
+}
+SD_UNET_CONFIG: dict[str, Any] = {
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": [8, 16],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "cross_attention_dim": CLIP_TEXT_CONFIG["hidden_size"],
+    "attention_head_dim": 4,
+    "norm_num_groups": 4,
+}
+SD_SCHEDULER_CONFIG: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+
+# Wan 2.1 text-to-video geometry: a causal 3D VAE, 8x in space and 4x in time, 16 channels.
+WAN_VAE_CONFIG: dict[str, Any] = {
+    "base_dim": 3,
+    "z_dim": 16,
+    "dim_mult": [1, 1, 1, 1],
+    "num_res_blocks": 1,
+    "temperal_downsample": [False, True, True],
+}
+WAN_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": [1, 2, 2],
+    "num_attention_heads": 2,
+    "attention_head_dim": 12,
+    "in_channels": 16,
+    "out_channels": 16,
+    "text_dim": T5_ENCODER_CONFIG["d_model"],
+    "freq_dim": 256,
+    "ffn_dim": 32,
+    "num_layers": 2,
+    "cross_attn_norm": True,
+    "qk_norm": "rms_norm_across_heads",
+    "rope_max_seq_len": 32,
+}
+WAN_SCHEDULER_CONFIG: dict[str, Any] = {"shift": 5.0}
+
+
+def make_tiny(kind: str, out_dir: Path, seed: int = 0) -> Path:
+    """Build a tiny random pipeline of ``kind`` (one of ``TINY_KINDS``) and save it in ``out_dir``.
+
+    The same ``seed`` always gives the same weights and tokenizers. Returns ``out_dir``.
+    """
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown tiny pipeline kind {kind!r}; choose one of {TINY_KINDS}")
+    import torch
+
+    out_dir = Path(out_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipeline = _BUILDERS[kind]()
+    pipeline.save_pretrained(out_dir)
+    (out_dir / MARKER_FILE).write_text(
+        f"This {kind!r} pipeline has random weights (openfal.models.tiny, seed={seed}).\n"
+        "Its outputs are noise. It exists for tests and demos of the serving machinery.\n"
+    )
+    return out_dir
+
+
+def is_tiny_random(path: Path) -> bool:
+    """Whether ``path`` is a pipeline folder written by ``make_tiny`` (random weights)."""
+    return (Path(path) / MARKER_FILE).is_file()
+
+
+# Pipelines
+
+
+def _flux_pipeline() -> Any:
+    from diffusers import FluxPipeline
+
+    clip_tokenizer = _clip_tokenizer()
+    return FluxPipeline(
+        scheduler=_flow_match_scheduler(FLUX_SCHEDULER_CONFIG),
+        vae=_autoencoder_kl(FLUX_VAE_CONFIG),
+        text_encoder=_clip_text_encoder(clip_tokenizer),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_t5_encoder(),
+        tokenizer_2=_t5_tokenizer(),
+        transformer=_flux_transformer(),
+    )
+
+
+def _sd_pipeline() -> Any:
+    from diffusers import StableDiffusionPipeline
+
+    clip_tokenizer = _clip_tokenizer()
+    return StableDiffusionPipeline(
+        vae=_autoencoder_kl(SD_VAE_CONFIG),
+        text_encoder=_clip_text_encoder(clip_tokenizer),
+        tokenizer=clip_tokenizer,
+        unet=_sd_unet(),
+        scheduler=_ddim_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def _wan_pipeline() -> Any:
+    from diffusers import WanPipeline
+
+    return WanPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_umt5_encoder(),
+        vae=_wan_vae(),
+        scheduler=_flow_match_scheduler(WAN_SCHEDULER_CONFIG),
+        transformer=_wan_transformer(),
+    )
+
+
+_BUILDERS: dict[str, Callable[[], Any]] = {
+    "flux": _flux_pipeline,
+    "sd": _sd_pipeline,
+    "wan": _wan_pipeline,
+}
+
+
+# Models and schedulers
+
+
+def _clip_text_encoder(tokenizer: Any) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        **CLIP_TEXT_CONFIG,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def _t5_encoder() -> Any:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(**T5_ENCODER_CONFIG))
+
+
+def _umt5_encoder() -> Any:
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(UMT5Config(**T5_ENCODER_CONFIG))
+
+
+def _autoencoder_kl(config: dict[str, Any]) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**config)
+
+
+def _flux_transformer() -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG)
+
+
+def _sd_unet() -> Any:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**SD_UNET_CONFIG)
+
+
+def _wan_vae() -> Any:
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan(**WAN_VAE_CONFIG)
+
+
+def _wan_transformer() -> Any:
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(**WAN_TRANSFORMER_CONFIG)
+
+
+def _flow_match_scheduler(config: dict[str, Any]) -> Any:
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**config)
+
+
+def _ddim_scheduler() -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(**SD_SCHEDULER_CONFIG)
+
+
+# Tokenizers
+
+
+def _clip_tokenizer() -> Any:
+    """A byte-level BPE CLIP tokenizer: every byte is in the vocabulary, so nothing maps to unk."""
+    from transformers import CLIPTokenizer
+
+    byte_symbols = list(_bytes_to_unicode().values())
+    vocab = byte_symbols + [symbol + CLIP_END_OF_WORD for symbol in byte_symbols]
+    merges = _train_bpe_merges(TOKENIZER_SENTENCES, CLIP_MAX_MERGES)
+    vocab += [left + right for left, right in merges]
+    vocab += CLIP_SPECIAL_TOKENS
+    return CLIPTokenizer(
+        vocab={token: index for index, token in enumerate(dict.fromkeys(vocab))},
+        merges=merges,
+        model_max_length=CLIP_MAX_LENGTH,
+    )
+
+
+def _t5_tokenizer() -> Any:
+    """A unigram T5 tokenizer whose pieces are the training words and single characters."""
+    from transformers import T5Tokenizer
+
+    return T5Tokenizer(vocab=_unigram_vocab(TOKENIZER_SENTENCES), extra_ids=T5_EXTRA_IDS)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's map from each byte to a printable character, as byte-level BPE uses it."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {byte: chr(byte) for byte in printable}
+    for shift, byte in enumerate(b for b in range(256) if b not in mapping):
+        mapping[byte] = chr(256 + shift)
+    return mapping
+
+
+def _clip_words(sentences: tuple[str, ...]) -> Counter[tuple[str, ...]]:
+    """Each pre-tokenised word as byte-level symbols, the last one marked as a word end."""
+    byte_map = _bytes_to_unicode()
+    words: Counter[tuple[str, ...]] = Counter()
+    for sentence in sentences:
+        for word in CLIP_WORD_PATTERN.findall(sentence.lower()):
+            symbols = [byte_map[byte] for byte in word.encode()]
+            symbols[-1] += CLIP_END_OF_WORD
+            words[tuple(symbols)] += 1
+    return words
+
+
+def _train_bpe_merges(sentences: tuple[str, ...], max_merges: int) -> list[tuple[str, str]]:
+    """Plain BPE: merge the most frequent pair (ties: alphabetical) while some pair repeats."""
+    words = _clip_words(sentences)
+    merges: list[tuple[str, str]] = []
+    while len(merges) < max_merges:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in pairwise(word):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < 2:
+            break
+        merges.append(best)
+        words = Counter({_merge_pair(word, best): count for word, count in words.items()})
+    return merges
+
+
+def _merge_pair(word: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged: list[str] = []
+    index = 0
+    while index < len(word):
+        if word[index : index + 2] == pair:
+            merged.append(pair[0] + pair[1])
+            index += 2
+        else:
+            merged.append(word[index])
+            index += 1
+    return tuple(merged)
+
+
+def _unigram_vocab(sentences: tuple[str, ...]) -> list[tuple[str, float]]:
+    """Pieces scored by log relative frequency, most likely first.
+
+    Every character of ``T5_ALPHABET`` is counted once more, so each one is a piece.
+    """
+    counts: Counter[str] = Counter(T5_ALPHABET)
+    for sentence in sentences:
+        for word in sentence.split():
+            counts[T5_WORD_BOUNDARY + word] += 1
+            counts[T5_WORD_BOUNDARY] += 1
+            counts.update(word)
+    total = sum(counts.values())
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    pieces = [(piece, math.log(count / total)) for piece, count in ranked]
+    return [(token, 0.0) for token in T5_SPECIAL_TOKENS] + pieces

@@ -1,0 +1,44 @@
+"""What a runner process is told about the platform, through its environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from openfal.app.media import MediaConfig
+from openfal.files.base import file_url
+from openfal.models.weights import MODELS_DIR_ENV
+
+FILES_DIR = "OPENFAL_FILES_DIR"
+PUBLIC_URL = "OPENFAL_PUBLIC_URL"
+FILE_TTL_SECONDS = "OPENFAL_FILE_TTL_SECONDS"  # "never" for files that do not expire
+MAX_DOWNLOAD_BYTES = "OPENFAL_MAX_DOWNLOAD_BYTES"
+
+
+def runner_environment(*, files_dir: Path, public_url: str, file_ttl_seconds: float | None,
+                       models_dir: Path, max_download_bytes: int) -> dict[str, str]:
+    return {
+        FILES_DIR: str(files_dir),
+        PUBLIC_URL: public_url,
+        FILE_TTL_SECONDS: "never" if file_ttl_seconds is None else str(file_ttl_seconds),
+        MODELS_DIR_ENV: str(models_dir),
+        MAX_DOWNLOAD_BYTES: str(max_download_bytes),
+    }
+
+
+def media_config_from_environment() -> MediaConfig:
+    """Where this runner stores outputs; outputs are inlined when it was not told."""
+    files_dir = os.environ.get(FILES_DIR)
+    public_url = os.environ.get(PUBLIC_URL)
+    if not files_dir or not public_url:
+        return MediaConfig()
+    from openfal.files.local import LocalFileStorage
+
+    ttl = os.environ.get(FILE_TTL_SECONDS, "never")
+    defaults = MediaConfig()
+    return MediaConfig(
+        storage=LocalFileStorage(Path(files_dir)),
+        file_url=lambda file_id, name: file_url(public_url, file_id, name),
+        default_ttl_seconds=None if ttl == "never" else float(ttl),
+        max_download_bytes=int(os.environ.get(MAX_DOWNLOAD_BYTES,
+                                              defaults.max_download_bytes)))

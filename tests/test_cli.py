@@ -1,0 +1,256 @@
+"""The client commands, ``openfal run``, ``apps`` and ``runners``, run as real processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import ServerProcess
+from openfal.cli.client import (
+    CLIError,
+    StatusDisplay,
+    build_input,
+    download_files,
+    file_objects,
+)
+
+
+def openfal(*args: str, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "openfal", *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return openfal("run", *args, "--server", server.url)
+
+
+def test_run_echo_prints_the_result(server: ServerProcess) -> None:
+    done = run(server, "openfal/echo", "-a", "prompt=hello", "--json")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == '{"text": "hello"}'
+    assert "request " in done.stderr
+
+
+def test_run_prints_pretty_json_by_default(server: ServerProcess) -> None:
+    done = run(server, "openfal/echo", "-a", "prompt=hello")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == '{\n  "text": "hello"\n}\n'
+
+
+def test_server_comes_from_the_environment(server: ServerProcess) -> None:
+    done = openfal("run", "openfal/echo", "-a", "prompt=env", "--json",
+                   env={"OPENFAL_SERVER": server.url})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"text": "env"}
+
+
+def test_args_override_input(server: ServerProcess, tmp_path: Path) -> None:
+    done = run(server, "openfal/echo", "--input", '{"prompt": "from input"}', "-a", "prompt=b",
+               "--json")
+    assert json.loads(done.stdout) == {"text": "b"}
+    input_file = tmp_path / "input.json"
+    input_file.write_text('{"prompt": "from file"}')
+    done = run(server, "openfal/echo", "--input", f"@{input_file}", "--json")
+    assert json.loads(done.stdout) == {"text": "from file"}
+
+
+def test_run_shows_logs_and_ends_with_the_result(server: ServerProcess) -> None:
+    done = run(server, "openfal/work", "-a", "steps=3", "-a", "seconds=0.6",
+               "-a", "message=hi there", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["steps"] == 3
+    assert result["message"] == "hi there"
+    assert done.stderr.count("start hi there") == 1
+    assert "testapps: logged through logging" in done.stderr
+
+
+def test_failed_request_exits_1_with_the_error(server: ServerProcess) -> None:
+    done = run(server, "openfal/work", "-a", "fail=error")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "request failed: Internal Server Error (runner_server_error)" in done.stderr
+    assert "RuntimeError: boom" in done.stderr
+
+
+def test_app_error_shows_its_detail(server: ServerProcess) -> None:
+    done = run(server, "openfal/work", "-a", "fail=app")
+    assert done.returncode == 1
+    assert "request failed: bad message" in done.stderr
+
+
+@pytest.mark.parametrize(("endpoint", "args", "expected"), [
+    ("openfal/strict", ["-a", "prompt=x", "-a", "bogus=1"],
+     "body.bogus: Extra inputs are not permitted"),
+    ("openfal/echo", [], "body.prompt: Field required"),
+])
+def test_invalid_input_names_the_field(server: ServerProcess, endpoint: str, args: list[str],
+                                       expected: str) -> None:
+    done = run(server, endpoint, *args)
+    assert done.returncode == 1
+    assert "invalid input" in done.stderr
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_unknown_endpoint(server: ServerProcess) -> None:
+    done = run(server, "openfal/nope", "-a", "prompt=x")
+    assert done.returncode == 1
+    assert "Endpoint 'openfal/nope' not found (endpoint_not_found)" in done.stderr
+
+
+def test_bad_input_option_is_reported(server: ServerProcess) -> None:
+    done = run(server, "openfal/echo", "--input", "[1, 2]")
+    assert done.returncode == 1
+    assert "--input must be a JSON object" in done.stderr
+
+
+def test_unreachable_server() -> None:
+    for command in (["run", "openfal/echo", "-a", "prompt=x"], ["apps"], ["runners"]):
+        done = openfal(*command, "--server", "http://127.0.0.1:1")
+        assert done.returncode == 1
+        assert "cannot reach openfal at http://127.0.0.1:1" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_ctrl_c_cancels_the_request(server: ServerProcess, client: httpx.Client) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openfal", "run", "openfal/work", "-a", "steps=100",
+         "-a", "seconds=10", "--server", server.url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    request_id = proc.stderr.readline().split()[-1]
+    assert "start working" in proc.stderr.readline()  # it is running now
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert stdout == ""
+    assert "cancellation requested" in stderr
+    status_url = f"/queue/openfal/work/requests/{request_id}/status"
+    deadline = time.monotonic() + 30
+    while (status := client.get(status_url).json())["status"] != "COMPLETED":
+        assert time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert status["error_type"] == "client_cancelled"
+
+
+def test_apps_lists_the_endpoints(server: ServerProcess) -> None:
+    done = openfal("apps", "--json", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    endpoints = {e["endpoint_id"]: e for e in json.loads(done.stdout)["endpoints"]}
+    assert {"openfal/echo", "openfal/work", "openfal/strict"} <= set(endpoints)
+    echo = endpoints["openfal/echo"]
+    assert echo["openapi_url"].endswith("/api/openapi/queue/openapi.json?endpoint_id=openfal/echo")
+    assert httpx.get(echo["openapi_url"]).status_code == 200
+
+
+def test_apps_table(server: ServerProcess) -> None:
+    done = openfal("apps", "--server", server.url, env={"COLUMNS": "300"})
+    assert done.returncode == 0, done.stderr
+    echo_row = next(line for line in done.stdout.splitlines() if "openfal/echo" in line)
+    assert "openfal.models.echo::Echo" in echo_row
+    assert "300s" in echo_row  # its keep_alive
+    assert "64" in echo_row  # its max_multiplexing
+
+
+def test_runners_after_a_run(server: ServerProcess) -> None:
+    assert run(server, "openfal/echo", "-a", "prompt=warm").returncode == 0
+    done = openfal("runners", "--json", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    echo = [r for r in json.loads(done.stdout)["runners"] if r["app_id"] == "openfal/echo"]
+    assert echo
+    assert echo[0]["state"] in {"idle", "running"}
+    assert isinstance(echo[0]["pid"], int)
+    table = openfal("runners", "--server", server.url, env={"COLUMNS": "300"})
+    assert echo[0]["runner_id"] in table.stdout
+
+
+# --- units ---------------------------------------------------------------------------------
+
+
+def test_build_input() -> None:
+    assert build_input('{"a": 1, "b": "x"}', ["b=2", "c=hello", "d=[1, 2]", "e=a=b",
+                                                "f=true", "g="]) == {
+        "a": 1, "b": 2, "c": "hello", "d": [1, 2], "e": "a=b", "f": True, "g": ""}
+    with pytest.raises(CLIError, match="key=value"):
+        build_input(None, ["novalue"])
+    with pytest.raises(CLIError, match="not valid JSON"):
+        build_input("{", [])
+
+
+def _log(message: str, second: int) -> dict[str, str]:
+    return {"message": message, "level": "INFO", "source": "user",
+            "timestamp": f"2026-01-01T00:00:0{second}+00:00"}
+
+
+@pytest.mark.parametrize("events", [
+    # Each event with every line so far, or with only the lines not sent before.
+    [[_log("one", 1)], [_log("one", 1), _log("two", 2)], [_log("one", 1), _log("two", 2)]],
+    [[_log("one", 1)], [_log("two", 2)], []],
+])
+def test_each_log_line_is_printed_once(events: list[list[dict[str, str]]],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    display = StatusDisplay()
+    for logs in events:
+        display.update({"status": "IN_PROGRESS", "logs": logs})
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[-1] for line in lines] == ["one", "two"]
+
+
+def test_file_objects_are_found_at_any_depth() -> None:
+    result = {"images": [{"url": "a", "width": 1}, {"url": "b"}], "video": {"url": "c"},
+              "nested": {"deep": [[{"url": "d"}]]}, "seed": 3, "url_like": "e"}
+    assert [f["url"] for f in file_objects(result)] == ["a", "b", "c", "d"]
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[str]:
+    root = tmp_path / "served"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "cat.png").write_bytes(b"\x89PNG cat")
+    handler = partial(SimpleHTTPRequestHandler, directory=str(root))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_download_files(file_server: str, tmp_path: Path) -> None:
+    payload = base64.b64encode(b"hello file").decode()
+    result = {
+        "images": [{"url": f"{file_server}/images/cat.png", "content_type": "image/png"},
+                   {"url": f"{file_server}/images/cat.png", "file_name": "../../named.png"}],
+        "text": {"url": f"data:text/plain;base64,{payload}", "content_type": "text/plain"},
+        "raw": {"url": "data:,plain%20text"},
+    }
+    out = tmp_path / "out"
+    with httpx.Client() as client:
+        saved = download_files(client, result, out)
+    assert [p.name for p in saved] == ["cat.png", "named.png", "file-2.txt", "file-3"]
+    assert all(p.parent == out for p in saved)
+    assert [p.read_bytes() for p in saved] == [b"\x89PNG cat", b"\x89PNG cat", b"hello file",
+                                               b"plain text"]
+    with httpx.Client() as client:
+        again = download_files(client, {"url": f"{file_server}/images/cat.png"}, out)
+    assert again == [out / "cat-1.png"]
+
+
+def test_download_failure_is_reported(file_server: str, tmp_path: Path) -> None:
+    with httpx.Client() as client, pytest.raises(CLIError, match="HTTP 404"):
+        download_files(client, {"url": f"{file_server}/missing.png"}, tmp_path)
