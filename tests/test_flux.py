@@ -10,13 +10,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from conftest import ServerProcess
 from test_run_and_queue import submit, wait_done
 
 pytest.importorskip("diffusers")
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from openfal.models.tiny import make_tiny  # noqa: E402
+from openfal.models.tiny import make_tiny
 
 
 @pytest.fixture(scope="module")

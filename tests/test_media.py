@@ -12,8 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import APPS, ServerProcess
 from PIL import Image
+
+from conftest import APPS, ServerProcess
 
 
 def png_bytes(width: int = 32, height: int = 16) -> bytes:

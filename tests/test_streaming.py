@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+
 from test_run_and_queue import submit
 
 

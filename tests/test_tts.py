@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("espeakng_loader")
 pytest.importorskip("pocketsphinx")
 
-from openfal.models.speech import transcribe  # noqa: E402
+from openfal.models.speech import transcribe
 
 
 def speak(client: httpx.Client, **fields) -> tuple[dict, bytes]:
