@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import mimetypes
@@ -11,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, ParamSpec
-from urllib.parse import unquote, unquote_to_bytes, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 from httpx_sse import connect_sse
@@ -19,6 +18,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
+
+from openfal.fetch import FetchError, parse_data_uri
 
 P = ParamSpec("P")
 
@@ -305,13 +306,10 @@ def _data_uri_type(url: str) -> str | None:
 
 
 def decode_data_uri(uri: str) -> bytes:
-    """The bytes of a ``data:[type][;base64],DATA`` URI."""
-    header, sep, data = uri[len("data:"):].partition(",")
-    if not sep:
-        raise CLIError(f"malformed data URI: {uri[:60]}")
-    if header.split(";")[-1] == "base64":
-        return base64.b64decode(data)
-    return unquote_to_bytes(data)
+    try:
+        return parse_data_uri(uri).data
+    except FetchError as exc:
+        raise CLIError(f"malformed data URI {uri[:60]}: {exc}") from None
 
 
 def _download(client: httpx.Client, url: str, target: Path) -> None:
