@@ -8,11 +8,14 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from openfal.gateway import platform_routes, queue, run, storage_routes
+from openfal.gateway.client_proxy import ClientProxy
+from openfal.gateway.hosts import HostRouting
 from openfal.gateway.http import HTTPError, json_response
 from openfal.server import Platform
 
@@ -26,6 +29,7 @@ ROUTES = [
     Route("/health", platform_routes.health, methods=["GET"]),
     Route("/api/apps", platform_routes.apps, methods=["GET"]),
     Route("/api/runners", platform_routes.runners, methods=["GET"]),
+    Route("/api/fal/proxy", ClientProxy(), methods=["GET", "POST", "PUT", "OPTIONS"]),
     Route("/api/requests/{request_id}/attempts", platform_routes.attempts, methods=["GET"]),
     Route("/api/openapi/queue/openapi.json", platform_routes.openapi, methods=["GET"]),
     Route(_BY_ID + "/status", queue.status, methods=["GET"]),
@@ -82,6 +86,7 @@ def create_app(platform: Platform,
 
     app = Starlette(
         routes=ROUTES,
+        middleware=[Middleware(HostRouting)],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
                             Exception: _unexpected_error},

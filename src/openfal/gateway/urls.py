@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 from starlette.requests import Request
 
 from openfal.files.base import file_url
+from openfal.gateway.hosts import queue_prefix
 
 __all__ = ["base_url", "file_url", "queue_urls", "schema_url", "signed_upload_url"]
 
@@ -16,7 +17,8 @@ def base_url(request: Request) -> str:
 
 
 def queue_urls(request: Request, app_id: str, request_id: str) -> dict[str, str]:
-    response_url = f"{base_url(request)}/queue/{app_id}/requests/{request_id}"
+    prefix = queue_prefix(request.scope)
+    response_url = f"{base_url(request)}{prefix}/{app_id}/requests/{request_id}"
     return {"response_url": response_url, "status_url": response_url + "/status",
             "cancel_url": response_url + "/cancel"}
 
