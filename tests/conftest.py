@@ -18,7 +18,7 @@ import pytest
 
 APPS = Path(__file__).parent / "apps" / "testapps.py"
 ALL_TEST_APPS = [f"{APPS}::{name}" for name in (
-    "Work", "Wait", "Scale", "Strict", "BrokenSetup", "Media")]
+    "Work", "Wait", "Scale", "Strict", "BrokenSetup", "Media", "RealtimeEcho")]
 START_TIMEOUT = 60.0
 
 

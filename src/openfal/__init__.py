@@ -1,6 +1,6 @@
 """openfal: a self-hosted generative-media inference platform that speaks the fal API."""
 
-from openfal.app.app import App, endpoint
+from openfal.app.app import App, endpoint, realtime
 from openfal.app.context import RequestContext, current_request, partial, progress
 from openfal.app.errors import AppException, FieldException, RequestCancelled
 from openfal.app.media import (
@@ -35,4 +35,5 @@ __all__ = [
     "endpoint",
     "partial",
     "progress",
+    "realtime",
 ]

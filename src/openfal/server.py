@@ -73,7 +73,7 @@ class Platform:
         self.public_url = (settings.public_url or listen_url
                            or f"http://{settings.host}:{settings.port}").rstrip("/")
         self.files = LocalFileStorage(settings.files_dir)
-        self.file_signer = Signer.from_file(settings.data_dir / "storage.key")
+        self.signer = Signer.from_file(settings.data_dir / "storage.key")
         self._files_gc: asyncio.Task[None] | None = None
         self.registry = Registry(owner=settings.owner)
         for ref in (BUILTIN_APPS if settings.builtin_apps else []) + settings.apps:
@@ -108,6 +108,9 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
+    # Listen now, so that callers told "listening" queue in the backlog rather than being
+    # refused while the app starts up.
+    sock.listen(2048)
     return sock
 
 

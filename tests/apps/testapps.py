@@ -208,3 +208,25 @@ class Media(openfal.App):
                                   "size": input.document.file_size}
             result["echo"] = openfal.File.from_bytes(data, "text/plain", "echo.txt")
         return result
+
+
+class FrameInput(BaseModel):
+    image: bytes = b""
+    n: int = Field(default=0, ge=0)
+
+
+class RealtimeEcho(openfal.App):
+    """Realtime endpoints: one answer per message, or partials then an answer."""
+
+    app_name = "realtime-echo"
+    max_multiplexing = 8
+
+    @openfal.realtime("/realtime", session_timeout=1.5)
+    async def frames(self, input: FrameInput) -> dict:
+        return {"n": input.n, "size": len(input.image), "image": input.image[::-1]}
+
+    @openfal.realtime("/steps")
+    def steps(self, input: FrameInput) -> dict:
+        for i in range(input.n):
+            openfal.partial({"partial": i})
+        return {"final": input.n}

@@ -20,20 +20,31 @@ from pydantic import BaseModel
 from openfal.app.context import RequestContext, current_request
 
 _ENDPOINT_MARK = "__openfal_endpoint__"
+_REALTIME_MARK = "__openfal_realtime__"
 _PATH_RE = re.compile(r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
 # Sub-paths that would collide with the queue's by-id URLs or streaming suffix.
 _RESERVED_PATHS = {"/requests", "/stream"}
 
 
 @dataclass(frozen=True)
+class RealtimeConfig:
+    """A realtime endpoint's session settings: a session with no input for
+    ``session_timeout`` seconds is closed cleanly."""
+
+    session_timeout: float = 60.0
+
+
+@dataclass(frozen=True)
 class EndpointSpec:
-    """One HTTP endpoint of an app: where it lives and what it takes and returns."""
+    """One endpoint of an app: where it lives and what it takes and returns."""
 
     path: str
     method_name: str
     input_model: type[BaseModel] | None
     output_model: Any
     is_async: bool
+    # Set for endpoints also served over a websocket (``@openfal.realtime``).
+    realtime: RealtimeConfig | None = None
 
 
 def endpoint(path: str = "/") -> Callable[[Callable], Callable]:
@@ -44,6 +55,20 @@ def endpoint(path: str = "/") -> Callable[[Callable], Callable]:
     def mark(fn: Callable) -> Callable:
         setattr(fn, _ENDPOINT_MARK, path)
         return fn
+
+    return mark
+
+
+def realtime(path: str = "/realtime", *, session_timeout: float = 60.0
+             ) -> Callable[[Callable], Callable]:
+    """Mark an App method as a realtime endpoint: a websocket at ``path`` where each
+    msgpack message is one input and each answer one output (``openfal.partial`` calls
+    send extra messages before it). It is also served over HTTP like any endpoint."""
+    as_endpoint = endpoint(path)
+
+    def mark(fn: Callable) -> Callable:
+        setattr(fn, _REALTIME_MARK, RealtimeConfig(session_timeout=session_timeout))
+        return as_endpoint(fn)
 
     return mark
 
@@ -66,6 +91,7 @@ def _endpoint_spec(path: str, fn: Callable) -> EndpointSpec:
         input_model=input_model,
         output_model=hints.get("return"),
         is_async=inspect.iscoroutinefunction(fn),
+        realtime=getattr(fn, _REALTIME_MARK, None),
     )
 
 

@@ -16,8 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import pydantic_core
-
+from openfal.app.encoding import Encoding, encode_output
 from openfal.app.errors import RequestCancelled
 
 Emit = Callable[[dict], None]
@@ -33,6 +32,8 @@ class RequestContext:
     sync_mode: bool = False
     # Whether the caller streams partial results (``/stream``): worth making previews.
     streaming: bool = False
+    # How request and result bodies are encoded: "json", or "msgpack" for realtime.
+    encoding: Encoding = "json"
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -57,7 +58,8 @@ class RequestContext:
 
     def partial(self, result: Any) -> None:
         self.raise_if_cancelled()
-        self.emit({"t": "partial", "id": self.request_id, "body": pydantic_core.to_json(result)})
+        self.emit({"t": "partial", "id": self.request_id,
+                   "body": encode_output(result, self.encoding)})
 
     @property
     def lifecycle_seconds(self) -> float | Literal["default"] | None:

@@ -8,7 +8,7 @@ from openfal.app.app import App, EndpointSpec
 from openfal.app.loader import load_app
 
 # First path segments that are platform routes, so no owner may use them.
-RESERVED_OWNERS = frozenset({"queue", "api", "health", "openapi", "storage", "files"})
+RESERVED_OWNERS = frozenset({"tokens", "queue", "api", "health", "openapi", "storage", "files"})
 
 
 @dataclass(frozen=True)

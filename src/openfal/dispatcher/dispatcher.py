@@ -166,7 +166,8 @@ class Dispatcher:
             job.deadline_timer.cancel()
         runner.in_flight[job.id] = attempt
         runner.send({"t": "run", "id": job.id, "path": job.path, "body": job.payload,
-                     "headers": job.headers, "stream": job.partials is not None})
+                     "headers": job.headers, "stream": job.partials is not None,
+                     "encoding": job.encoding})
         timeout = self.pools[job.app_id].config.request_timeout
         attempt.timer = asyncio.get_running_loop().call_later(
             timeout, self._attempt_timed_out, attempt)
@@ -302,7 +303,7 @@ class Dispatcher:
         finished_at = time.time()
         if job.mode is Mode.QUEUE:
             await self.store.complete(job.id, outcome, finished_at)
-        else:
+        elif job.recorded:
             self.store.add_request(self._direct_record(job, outcome, finished_at))
         job.status = Status.COMPLETED
         self.jobs.pop(job.id, None)

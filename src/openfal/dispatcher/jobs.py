@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from openfal.app.encoding import Encoding
 from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status
 
 if TYPE_CHECKING:
@@ -47,6 +48,10 @@ class Job:
     priority: Priority
     created_at: float
     options: dict[str, Any] = field(default_factory=dict)
+    # "msgpack" for realtime messages; results then come back msgpack-encoded too.
+    encoding: Encoding = "json"
+    # Whether a direct request is written to the store when it ends (not realtime messages).
+    recorded: bool = True
     attempts: int = 0
     status: Status = Status.IN_QUEUE
     attempt: Attempt | None = None

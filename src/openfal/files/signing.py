@@ -30,6 +30,10 @@ class Signer:
             _create_secret(path)
         return cls(path.read_bytes().strip())
 
+    def derived_key(self, purpose: str) -> bytes:
+        """A key for another signing scheme (e.g. JWTs), bound to ``purpose``."""
+        return hmac.new(self._secret, f"key:{purpose}".encode(), hashlib.sha256).digest()
+
     def sign(self, purpose: str, message: str) -> str:
         mac = hmac.new(self._secret, f"{purpose}:{message}".encode(), hashlib.sha256)
         return base64.urlsafe_b64encode(mac.digest()).rstrip(b"=").decode()

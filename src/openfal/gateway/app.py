@@ -11,9 +11,9 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
 
-from openfal.gateway import platform_routes, queue, run, storage_routes
+from openfal.gateway import platform_routes, queue, realtime, run, storage_routes, tokens
 from openfal.gateway.client_proxy import ClientProxy
 from openfal.gateway.hosts import HostRouting
 from openfal.gateway.http import HTTPError, json_response
@@ -51,8 +51,11 @@ ROUTES = [
     Route("/storage/{rest:path}", storage_routes.preflight, methods=["OPTIONS"]),
     Route("/files/{rest:path}", storage_routes.preflight, methods=["OPTIONS"]),
     Route("/queue/{endpoint_id:path}", queue.submit, methods=["POST"]),
+    Route("/tokens/", tokens.mint, methods=["POST"]),
+    Route("/tokens", tokens.mint, methods=["POST"]),
     Route("/{endpoint_id:path}/stream", run.stream, methods=["POST"]),
     Route("/{endpoint_id:path}", run.run, methods=["POST"]),
+    WebSocketRoute("/{endpoint_id:path}", realtime.session),
 ]
 
 

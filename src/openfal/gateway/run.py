@@ -46,7 +46,7 @@ async def stream(request: Request) -> Response:
     platform, job = await _direct_job(request)
     job.partials = asyncio.Queue()
     running = asyncio.ensure_future(platform.dispatcher.run_direct(job))
-    first = await _next_partial(job.partials, running)
+    first = await next_partial(job.partials, running)
     if first is None and not running.result().ok:
         # Nothing was streamed yet: fail as a plain HTTP error the clients understand.
         return _outcome_response(job, running.result())
@@ -56,7 +56,7 @@ async def stream(request: Request) -> Response:
         try:
             while item is not None:
                 yield _event(item)
-                item = await _next_partial(job.partials, running)
+                item = await next_partial(job.partials, running)
             outcome = running.result()
             if outcome.ok:
                 yield _event(outcome.body)
@@ -76,7 +76,7 @@ def _event(data: bytes) -> bytes:
     return b"data: " + data + b"\n\n"
 
 
-async def _next_partial(partials: asyncio.Queue[bytes],
+async def next_partial(partials: asyncio.Queue[bytes],
                         running: asyncio.Future[Outcome]) -> bytes | None:
     """The next partial result, or None once the request has ended and all were taken."""
     if not partials.empty():

@@ -108,7 +108,7 @@ def _cors(handler: Callable[[Request], Awaitable[Response]]
 @_cors
 async def cdn_token(request: Request) -> Response:
     platform = _platform(request)
-    token, expires = platform.file_signer.issue_token(time.time(), TOKEN_TTL_SECONDS)
+    token, expires = platform.signer.issue_token(time.time(), TOKEN_TTL_SECONDS)
     return json_response({"token": token, "token_type": "Bearer",
                           "base_url": platform.public_url,
                           "expires_at": datetime.fromtimestamp(expires, UTC).isoformat()})
@@ -125,7 +125,7 @@ async def initiate(request: Request) -> Response:
     file_name = _file_name(body.file_name, content_type)
     upload = await _storage(platform.files.create_multipart, file_name=file_name,
                             content_type=content_type, expires_at=expires_at)
-    signature = platform.file_signer.sign(UPLOAD, upload.upload_id)
+    signature = platform.signer.sign(UPLOAD, upload.upload_id)
     return json_response({
         "upload_url": signed_upload_url(platform.public_url, upload.upload_id, signature),
         "file_url": file_url(platform.public_url, upload.file_id, file_name)})
@@ -285,7 +285,7 @@ def _quoted(etag: str) -> str:
 # Authorization
 def _require_token(request: Request, platform: Platform) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not platform.file_signer.token_valid(token.strip(),
+    if scheme.lower() != "bearer" or not platform.signer.token_valid(token.strip(),
                                                                           time.time()):
         raise HTTPError(401, "A valid storage token is required: POST /storage/auth/token",
                         "unauthorized", {"www-authenticate": "Bearer"})
@@ -293,7 +293,7 @@ def _require_token(request: Request, platform: Platform) -> None:
 
 def _signed_upload_id(request: Request, platform: Platform) -> str:
     upload_id: str = request.path_params["upload_id"]
-    if not platform.file_signer.verify(UPLOAD, upload_id,
+    if not platform.signer.verify(UPLOAD, upload_id,
                                        request.query_params.get("signature")):
         raise HTTPError(403, "The upload URL's signature is missing or wrong",
                         "invalid_signature")

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from openfal.app.app import App, EndpointSpec
 from openfal.app.context import RequestContext, current_request, set_current_request
+from openfal.app.encoding import decode_input, encode_output
 from openfal.app.errors import AppException, RequestCancelled, validation_detail
 from openfal.app.inputs import fetch_inputs
 from openfal.app.loader import load_app
@@ -147,7 +148,8 @@ class Runner:
     def on_run(self, message: dict[str, Any]) -> None:
         request_id = message["id"]
         ctx = RequestContext(request_id, message["path"], message.get("headers") or {},
-                             self.send, streaming=bool(message.get("stream")))
+                             self.send, streaming=bool(message.get("stream")),
+                             encoding=message.get("encoding", "json"))
         task = self.loop.create_task(self.serve(ctx, message["path"], message["body"]))
         self.requests[request_id] = (ctx, task)
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
@@ -181,12 +183,12 @@ class Runner:
         try:
             args = []
             if spec.input_model is not None:
-                payload = spec.input_model.model_validate_json(body)
+                payload = decode_input(spec.input_model, body, ctx.encoding)
                 ctx.sync_mode = getattr(payload, "sync_mode", False) is True
                 await self.call(fetch_inputs, payload, scratch)
                 args.append(payload)
             output = await self.call(getattr(self.app, spec.method_name), *args)
-            return 200, pydantic_core.to_json(output), {}
+            return 200, encode_output(output, ctx.encoding), {}
         except ValidationError as exc:
             return 422, pydantic_core.to_json({"detail": validation_detail(exc)}), {}
         except AppException as exc:

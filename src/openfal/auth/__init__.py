@@ -1,0 +1,1 @@
+"""Who may call what: short-lived realtime tokens (API keys come later)."""

@@ -1,0 +1,30 @@
+"""``POST /tokens/``: mint a realtime token, as the official clients ask for one."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from openfal.app.errors import validation_detail
+from openfal.auth import tokens
+from openfal.gateway.http import HTTPError, json_response, read_body
+from openfal.server import Platform
+
+MAX_TOKEN_REQUEST_BYTES = 64 * 1024
+
+
+class TokenRequest(BaseModel):
+    allowed_apps: list[str] = Field(min_length=1, description="App aliases, e.g. ['flux'].")
+    token_expiration: int = Field(default=120, ge=1, le=tokens.MAX_TTL_SECONDS)
+
+
+async def mint(request: Request) -> Response:
+    platform: Platform = request.app.state.platform
+    body = await read_body(request, MAX_TOKEN_REQUEST_BYTES)
+    try:
+        asked = TokenRequest.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        raise HTTPError(422, validation_detail(exc)) from None
+    token = tokens.mint(platform.signer, asked.allowed_apps, asked.token_expiration)
+    return json_response(token, 201)
