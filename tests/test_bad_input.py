@@ -65,7 +65,7 @@ def test_oversized_body_is_413(start_server) -> None:
         chunks = iter([b'{"prompt": "', b"x" * 20_000, b'"}'])
         response = client.post("/queue/openfal/echo", content=chunks)
         assert response.status_code == 413
-        assert client.post("/openfal/echo", json={"prompt": "small"}).status_code == 200
+        assert client.post("/queue/openfal/echo", json={"prompt": "small"}).status_code == 200
     assert request_count(server) == 1
 
 
@@ -87,4 +87,5 @@ def test_bad_max_queue_length_is_422(client: httpx.Client) -> None:
 
 
 def test_wrong_method_is_405_not_500(client: httpx.Client) -> None:
-    assert client.get("/openfal/echo").status_code == 405
+    assert client.put("/openfal/echo").status_code == 405
+    assert client.delete("/queue/openfal/echo").status_code == 405

@@ -30,6 +30,12 @@ def test_direct_run_returns_result_and_request_id(client: httpx.Client) -> None:
     assert response.headers["x-fal-request-id"]
 
 
+def test_get_run_takes_its_input_from_the_query(client: httpx.Client) -> None:
+    response = client.get("/openfal/echo", params={"prompt": "from the query"})
+    assert response.json() == {"text": "from the query"}
+    assert client.get("/openfal/echo").status_code == 422
+
+
 def test_sub_path_endpoint_is_its_own_endpoint_id(client: httpx.Client) -> None:
     response = client.post("/openfal/work/edit", json={"message": "cat"})
     assert response.status_code == 200

@@ -54,7 +54,7 @@ ROUTES = [
     Route("/tokens/", tokens.mint, methods=["POST"]),
     Route("/tokens", tokens.mint, methods=["POST"]),
     Route("/{endpoint_id:path}/stream", run.stream, methods=["POST"]),
-    Route("/{endpoint_id:path}", run.run, methods=["POST"]),
+    Route("/{endpoint_id:path}", run.run, methods=["POST", "GET"]),
     WebSocketRoute("/{endpoint_id:path}", realtime.session),
 ]
 

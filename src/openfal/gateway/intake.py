@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,11 @@ def resolve_endpoint(platform: Platform, endpoint_id: str) -> tuple[ServedApp, E
 
 async def validated_payload(request: Request, platform: Platform, spec: EndpointSpec) -> bytes:
     """The body, checked against the endpoint's input model; 422/413 otherwise."""
-    body = await read_body(request, platform.settings.max_body_bytes)
+    if request.method == "GET":
+        # GET runs carry their input in the query string.
+        body = json.dumps(dict(request.query_params)).encode()
+    else:
+        body = await read_body(request, platform.settings.max_body_bytes)
     if not body.strip():
         body = b"{}"
     if spec.input_model is not None:
