@@ -115,7 +115,9 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server with every test app, shared by a module's tests."""
+    # The tests' own HTTP servers run on loopback, which the fetcher refuses by default.
     args = [arg for ref in ALL_TEST_APPS for arg in ("--app", ref)]
+    args += ["--allow-network", "127.0.0.0/8"]
     srv = ServerProcess(tmp_path_factory.mktemp("data"), args).start()
     yield srv
     srv.stop()

@@ -148,7 +148,8 @@ def test_unfetchable_inputs_are_422_naming_the_field(client: httpx.Client, web: 
 
 
 def test_downloads_are_capped(start_server, web: str) -> None:
-    server = start_server("--app", f"{APPS}::Media", "--max-download-mb", "1")
+    server = start_server("--app", f"{APPS}::Media", "--max-download-mb", "1",
+                          "--allow-network", "127.0.0.0/8")
     with server.client() as client:
         response = client.post("/openfal/media", json={"document": f"{web}/big.bin"})
         assert response.status_code == 422

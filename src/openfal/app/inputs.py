@@ -48,12 +48,30 @@ def _download(url: str, loc: Loc, scratch: Path) -> tuple[Path, str | None]:
     config = media_config()
     dest = scratch / f"input-{len(list(scratch.iterdir()))}"
     try:
-        content_type = fetch_to_file(url, dest, max_bytes=config.max_download_bytes,
-                                     timeout=config.download_timeout)
+        content_type = _copy_stored(url, dest) or fetch_to_file(
+            url, dest, policy=config.network_policy, max_bytes=config.max_download_bytes,
+            timeout=config.download_timeout)
     except FetchError as exc:
         raise FieldException(loc, f"could not fetch the file: {exc}",
                              type="file_download_error") from None
     return dest, content_type
+
+
+def _copy_stored(url: str, dest: Path) -> str | None:
+    """Copy a file of this server's own store without a network round trip; returns its
+    content type, or None when ``url`` is not one of this server's file URLs."""
+    config = media_config()
+    prefix = f"{config.public_url}/files/"
+    if config.storage is None or config.public_url is None or not url.startswith(prefix):
+        return None
+    file_id = url[len(prefix):].split("/", 1)[0]
+    stored = config.storage.stat(file_id)
+    if stored is None:
+        raise FetchError("no such file in this server's storage (expired?)")
+    with dest.open("wb") as out:
+        for chunk in config.storage.read(file_id):
+            out.write(chunk)
+    return stored.content_type
 
 
 def _fetch_file(value: File, loc: Loc, scratch: Path) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, GetCoreSchemaHandler, PrivateAttr, model_
 from pydantic_core import PydanticCustomError, core_schema
 
 from openfal.app.context import current_request
-from openfal.fetch import FetchError, check_url, data_uri
+from openfal.fetch import PUBLIC_ONLY, FetchError, NetworkPolicy, check_url, data_uri
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -38,7 +38,9 @@ class MediaConfig:
     """Where a runner stores outputs and how it fetches inputs."""
 
     storage: FileStorage | None = None
+    public_url: str | None = None
     file_url: Callable[[str, str], str] | None = None  # (file id, file name) -> public URL
+    network_policy: NetworkPolicy = PUBLIC_ONLY
     default_ttl_seconds: float | None = 7 * 24 * 3600
     max_download_bytes: int = 512 * 1024 * 1024
     download_timeout: float = 60.0

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from openfal.app.media import MediaConfig
+from openfal.fetch import NetworkPolicy
 from openfal.files.base import file_url
 from openfal.models.weights import MODELS_DIR_ENV
 
@@ -13,16 +14,19 @@ FILES_DIR = "OPENFAL_FILES_DIR"
 PUBLIC_URL = "OPENFAL_PUBLIC_URL"
 FILE_TTL_SECONDS = "OPENFAL_FILE_TTL_SECONDS"  # "never" for files that do not expire
 MAX_DOWNLOAD_BYTES = "OPENFAL_MAX_DOWNLOAD_BYTES"
+ALLOW_NETWORKS = "OPENFAL_ALLOW_NETWORKS"  # comma-separated CIDRs the fetcher may reach
 
 
 def runner_environment(*, files_dir: Path, public_url: str, file_ttl_seconds: float | None,
-                       models_dir: Path, max_download_bytes: int) -> dict[str, str]:
+                       models_dir: Path, max_download_bytes: int,
+                       allow_networks: list[str]) -> dict[str, str]:
     return {
         FILES_DIR: str(files_dir),
         PUBLIC_URL: public_url,
         FILE_TTL_SECONDS: "never" if file_ttl_seconds is None else str(file_ttl_seconds),
         MODELS_DIR_ENV: str(models_dir),
         MAX_DOWNLOAD_BYTES: str(max_download_bytes),
+        ALLOW_NETWORKS: ",".join(allow_networks),
     }
 
 
@@ -38,6 +42,8 @@ def media_config_from_environment() -> MediaConfig:
     defaults = MediaConfig()
     return MediaConfig(
         storage=LocalFileStorage(Path(files_dir)),
+        public_url=public_url,
+        network_policy=NetworkPolicy.allowing(os.environ.get(ALLOW_NETWORKS, "").split(",")),
         file_url=lambda file_id, name: file_url(public_url, file_id, name),
         default_ttl_seconds=None if ttl == "never" else float(ttl),
         max_download_bytes=int(os.environ.get(MAX_DOWNLOAD_BYTES,
