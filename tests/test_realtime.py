@@ -7,9 +7,10 @@ import json
 import httpx
 import msgpack
 import pytest
-from conftest import ServerProcess
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
+
+from conftest import ServerProcess
 
 
 def ws_url(server: ServerProcess, path: str, token: str | None = None) -> str:
@@ -93,6 +94,6 @@ def test_token_requests_are_validated(client: httpx.Client) -> None:
 
 
 def test_websocket_on_a_plain_endpoint_is_refused(server: ServerProcess) -> None:
-    with pytest.raises((InvalidStatus, ConnectionClosed)):
-        with connect(ws_url(server, "/openfal/echo")) as ws:
-            ws.recv(timeout=10)
+    with (pytest.raises((InvalidStatus, ConnectionClosed)),
+          connect(ws_url(server, "/openfal/echo")) as ws):
+        ws.recv(timeout=10)
