@@ -5,7 +5,7 @@ driven through ctypes. The library keeps one global state per process and is not
 so every call into it holds ``_ESPEAK_LOCK`` and it is initialised once.
 
 pocketsphinx ships a small US-English model. It recognises espeak's robotic voice only roughly:
-expect the gist ("hello world"), not a verbatim transcript.
+expect some of the words back, not a verbatim transcript.
 """
 
 from __future__ import annotations
@@ -109,8 +109,14 @@ def _declare_signatures(lib: ctypes.CDLL) -> None:
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     lib.espeak_Synth.argtypes = [
-        ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-        ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_uint,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.c_uint,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
     ]
     lib.espeak_ListVoices.argtypes = [ctypes.c_void_p]
     lib.espeak_ListVoices.restype = ctypes.POINTER(ctypes.POINTER(_EspeakVoice))
@@ -154,6 +160,8 @@ def synthesize(
 
     ``voice`` is one of ``list_voices()``. ``pitch`` runs from 0 to 100 (``None``: espeak's
     default, 50). Raises ValueError for empty text, an unknown voice or an out-of-range setting.
+    espeak-ng's pitch flutter carries on from one call to the next, so the same text can come
+    out a few samples different each time.
     """
     if not text.strip():
         raise ValueError("text to synthesize is empty")
@@ -185,7 +193,10 @@ def to_wav(pcm: bytes, sample_rate: int) -> bytes:
 
 
 def transcribe(wav_bytes: bytes) -> str:
-    """Recognise English speech in a 16-bit PCM WAV (any rate, mono or stereo) with pocketsphinx."""
+    """Recognise English speech in a 16-bit PCM WAV (any rate, mono or stereo) with pocketsphinx.
+
+    Raises ValueError when ``wav_bytes`` is not such a WAV.
+    """
     from pocketsphinx import Decoder
 
     pcm = _to_stt_pcm(wav_bytes)
@@ -201,16 +212,23 @@ def _to_stt_pcm(wav_bytes: bytes) -> bytes:
     """16 kHz mono 16-bit PCM, padded with silence, as the recogniser wants it."""
     import numpy as np
 
-    with wave.open(io.BytesIO(wav_bytes)) as wav:
-        if wav.getsampwidth() != SAMPLE_WIDTH:
-            raise ValueError(f"expected 16-bit PCM WAV, got {8 * wav.getsampwidth()}-bit")
-        channels, rate = wav.getnchannels(), wav.getframerate()
-        frames = wav.readframes(wav.getnframes())
+    channels, rate, frames = _read_wav(wav_bytes)
     samples = np.frombuffer(frames, dtype="<i2").reshape(-1, channels).mean(axis=1)
     samples = _resample_linear(samples, rate, STT_SAMPLE_RATE)
     pad = np.zeros(int(STT_SILENCE_PAD_S * STT_SAMPLE_RATE))
     padded = np.concatenate([pad, samples, pad])
     return np.round(padded).clip(-32768, 32767).astype("<i2").tobytes()
+
+
+def _read_wav(wav_bytes: bytes) -> tuple[int, int, bytes]:
+    """(channels, sample rate, frames) of a 16-bit PCM WAV; ValueError for anything else."""
+    try:
+        with wave.open(io.BytesIO(wav_bytes)) as wav:
+            if wav.getsampwidth() != SAMPLE_WIDTH:
+                raise ValueError(f"expected 16-bit PCM WAV, got {8 * wav.getsampwidth()}-bit")
+            return wav.getnchannels(), wav.getframerate(), wav.readframes(wav.getnframes())
+    except (wave.Error, EOFError) as error:
+        raise ValueError(f"not a readable WAV file: {error}") from error
 
 
 def _resample_linear(samples: Any, rate: int, target_rate: int) -> Any:

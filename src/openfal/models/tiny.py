@@ -43,9 +43,7 @@ CLIP_MAX_LENGTH = 77
 
 T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1 and 2, as T5 expects
 T5_WORD_BOUNDARY = "\u2581"
-T5_ALPHABET = (
-    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()[]{}-"
-)
+T5_ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()[]{}-"
 T5_EXTRA_IDS = 100
 
 CLIP_TEXT_CONFIG: dict[str, Any] = {
