@@ -58,6 +58,11 @@ class ServerProcess:
                 ready.set()
         ready.set()
 
+    @property
+    def admin_key(self) -> str:
+        """The ADMIN key a server with auth made on first start."""
+        return (self.data_dir / "admin.key").read_text().strip()
+
     def client(self, **kwargs) -> httpx.Client:
         kwargs.setdefault("timeout", 30)
         return httpx.Client(base_url=self.url, **kwargs)
@@ -101,8 +106,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     """Start servers for one test; all of them, and their runners, are stopped after it."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, data_dir: Path | None = None, port: int = 0) -> ServerProcess:
-        server = ServerProcess(data_dir or tmp_path / "data", list(args), port).start()
+    def start(*args: str, data_dir: Path | None = None, port: int = 0,
+              auth: bool = False) -> ServerProcess:
+        """Tests of other features run without keys; auth tests pass ``auth=True``."""
+        flags = [] if auth else ["--no-auth"]
+        server = ServerProcess(data_dir or tmp_path / "data", [*args, *flags], port).start()
         servers.append(server)
         return server
 
@@ -117,7 +125,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One server with every test app, shared by a module's tests."""
     # The tests' own HTTP servers run on loopback, which the fetcher refuses by default.
     args = [arg for ref in ALL_TEST_APPS for arg in ("--app", ref)]
-    args += ["--allow-network", "127.0.0.0/8"]
+    args += ["--allow-network", "127.0.0.0/8", "--no-auth"]
     srv = ServerProcess(tmp_path_factory.mktemp("data"), args).start()
     yield srv
     srv.stop()

@@ -69,6 +69,7 @@ class Work(openfal.App):
         for step in range(1, input.steps + 1):
             time.sleep(input.seconds / input.steps)
             openfal.progress(step, input.steps)
+        request.billable_units = input.steps
         return WorkOutput(request_id=request.request_id, pid=os.getpid(), steps=input.steps,
                           message=input.message, started_at=started_at,
                           finished_at=time.time())
@@ -230,3 +231,15 @@ class RealtimeEcho(openfal.App):
         for i in range(input.n):
             openfal.partial({"partial": i})
         return {"final": input.n}
+
+
+class PublicEcho(openfal.App):
+    """An app anyone may call without a key."""
+
+    app_name = "public-echo"
+    app_auth = "public"
+    max_multiplexing = 8
+
+    @openfal.endpoint("/")
+    def run(self, input: ScaleInput) -> dict:
+        return {"ok": True}

@@ -32,6 +32,9 @@ class RequestContext:
     sync_mode: bool = False
     # Whether the caller streams partial results (``/stream``): worth making previews.
     streaming: bool = False
+    # What the request costs in the app's own unit (images, megapixels, seconds of video):
+    # set it and the usage ledger records it (``x-fal-billable-units``).
+    billable_units: float | None = None
     # How request and result bodies are encoded: "json", or "msgpack" for realtime.
     encoding: Encoding = "json"
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 from rich.text import Text
 
+from openfal.auth.credentials import authorization, find_key
 from openfal.fetch import FetchError, parse_data_uri
 
 P = ParamSpec("P")
@@ -50,9 +51,11 @@ def reports_errors(command: Callable[P, int]) -> Callable[P, int]:
 
 @contextmanager
 def connect(server: str) -> Iterator[httpx.Client]:
-    """A client for ``server``; failing to reach it becomes one clear ``CLIError``."""
+    """A client for ``server`` sending the key :func:`find_key` finds; failing to reach
+    the server becomes one clear ``CLIError``."""
     try:
-        with httpx.Client(base_url=server, timeout=TIMEOUT) as client:
+        with httpx.Client(base_url=server, timeout=TIMEOUT,
+                          headers=authorization(find_key())) as client:
             yield client
     except httpx.TransportError:
         raise CLIError(f"cannot reach openfal at {server}") from None

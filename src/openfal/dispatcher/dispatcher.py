@@ -16,6 +16,8 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from openfal.app.registry import Registry, ServedApp
@@ -23,6 +25,7 @@ from openfal.dispatcher.jobs import Attempt, Job, Priority
 from openfal.dispatcher.pool import AppPool
 from openfal.dispatcher.runners import RunnerHandle, SetupFailed
 from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status, Store
+from openfal.webhooks.targets import webhook_target
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +63,18 @@ class Dispatcher:
         self.retention_seconds = retention_seconds
         self.jobs: dict[str, Job] = {}
         self.pools: dict[str, AppPool] = {}
+        # Running attempts per API key, for per-key concurrency limits.
+        self.running_by_key: Counter[str] = Counter()
         self._background: set[asyncio.Task] = set()
+        # Called once a finished request's webhook is committed (the delivery worker's wake).
+        self.on_webhook_queued: Callable[[], None] = lambda: None
 
     # Lifecycle
     async def start(self) -> None:
         for app in self.registry.apps.values():
             self.pools[app.app_id] = AppPool(
-                app, runner_env=self.runner_env, start_attempt=self._start_attempt,
+                app, runner_env=self.runner_env, may_start=self._key_has_room,
+                start_attempt=self._start_attempt,
                 on_message=self._on_message, on_exit=self._on_runner_exit,
                 on_setup_failure=self._on_setup_failure)
         await self._recover()
@@ -105,10 +113,11 @@ class Dispatcher:
 
     # Entry points
     def new_job(self, app: ServedApp, path: str, payload: bytes, headers: dict[str, str],
-                mode: Mode, priority: Priority, options: dict[str, Any]) -> Job:
+                mode: Mode, priority: Priority, options: dict[str, Any],
+                key_id: str | None = None) -> Job:
         return Job(id=str(uuid.uuid4()), app_id=app.app_id, endpoint_id=app.endpoint_id(path),
                    path=path, mode=mode, payload=payload, headers=headers,
-                   priority=priority, created_at=time.time(), options=options)
+                   priority=priority, created_at=time.time(), options=options, key_id=key_id)
 
     async def submit(self, job: Job, max_queue_length: int | None = None) -> None:
         """Accept a queued request: returns once it is committed to the store."""
@@ -154,9 +163,28 @@ class Dispatcher:
             attempt.failure = (499, "client_cancelled")
             attempt.runner.kill()
 
+    # Per-key concurrency: only running requests count; waiting ones wait.
+    def running_for(self, key_id: str | None) -> int:
+        return self.running_by_key[key_id] if key_id is not None else 0
+
+    def _key_has_room(self, job: Job) -> bool:
+        limit = job.key_limit
+        return limit is None or self.running_for(job.key_id) < limit
+
+    def _key_slot_freed(self, job: Job) -> None:
+        if job.key_id is None:
+            return
+        self.running_by_key[job.key_id] -= 1
+        if job.key_limit is not None:
+            # A request of this key may be waiting in another app's queue.
+            for pool in self.pools.values():
+                pool.pump()
+
     # Attempts
     def _start_attempt(self, job: Job, runner: RunnerHandle) -> None:
         job.attempts += 1
+        if job.key_id is not None:
+            self.running_by_key[job.key_id] += 1
         now = time.time()
         attempt = Attempt(job=job, number=job.attempts, attempt_id=str(uuid.uuid4()),
                           runner=runner, started_at=now)
@@ -236,6 +264,7 @@ class Dispatcher:
         if attempt.timer is not None:
             attempt.timer.cancel()
         job.attempt = None
+        self._key_slot_freed(job)
         failed = outcome.status >= 500 or outcome.status == 499
         if job.mode is Mode.QUEUE:
             self.store.end_attempt(job.id, attempt.number, time.time(),
@@ -302,7 +331,10 @@ class Dispatcher:
             job.deadline_timer.cancel()
         finished_at = time.time()
         if job.mode is Mode.QUEUE:
-            await self.store.complete(job.id, outcome, finished_at)
+            webhook = webhook_target(job.options, job.key_id)
+            await self.store.complete(job.id, outcome, finished_at, webhook)
+            if webhook is not None:
+                self.on_webhook_queued()
         elif job.recorded:
             self.store.add_request(self._direct_record(job, outcome, finished_at))
         job.status = Status.COMPLETED
@@ -321,6 +353,7 @@ class Dispatcher:
         record.result_headers = outcome.headers
         record.error, record.error_type = outcome.error, outcome.error_type
         record.inference_time = outcome.inference_time
+        record.billable_units = outcome.billable_units
         return record
 
     # Housekeeping

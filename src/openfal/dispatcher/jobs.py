@@ -48,6 +48,7 @@ class Job:
     priority: Priority
     created_at: float
     options: dict[str, Any] = field(default_factory=dict)
+    key_id: str | None = None  # the API key that made it; None: anonymous
     # "msgpack" for realtime messages; results then come back msgpack-encoded too.
     encoding: Encoding = "json"
     # Whether a direct request is written to the store when it ends (not realtime messages).
@@ -79,6 +80,11 @@ class Job:
     def runner_hint(self) -> str | None:
         return self.options.get("runner_hint")
 
+    @property
+    def key_limit(self) -> int | None:
+        """Running requests the submitting key may have at once."""
+        return self.options.get("key_limit")
+
     def may_retry(self) -> bool:
         deadline = self.start_deadline
         return (self.mode is Mode.QUEUE and not self.no_retry and not self.cancel_requested
@@ -98,7 +104,7 @@ class Job:
             id=self.id, app_id=self.app_id, endpoint_id=self.endpoint_id, path=self.path,
             mode=self.mode, status=self.status, payload=self.payload,
             created_at=self.created_at, priority=int(self.priority), headers=self.headers,
-            options=self.options, attempts=self.attempts)
+            options=self.options, attempts=self.attempts, key_id=self.key_id)
 
     @classmethod
     def from_record(cls, record: RequestRecord) -> Job:
@@ -106,4 +112,4 @@ class Job:
                    path=record.path, mode=record.mode, payload=record.payload,
                    headers=record.headers, priority=Priority(record.priority),
                    created_at=record.created_at, options=record.options,
-                   attempts=record.attempts)
+                   attempts=record.attempts, key_id=record.key_id)

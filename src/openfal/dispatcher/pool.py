@@ -23,6 +23,7 @@ SETUP_FAILURE_LIMIT = 3
 
 class AppPool:
     def __init__(self, app: ServedApp, *, runner_env: dict[str, str],
+                 may_start: Callable[[Job], bool],
                  start_attempt: Callable[[Job, RunnerHandle], None],
                  on_message: Callable[[RunnerHandle, dict[str, Any]], None],
                  on_exit: Callable[[RunnerHandle], None],
@@ -33,6 +34,7 @@ class AppPool:
         self.runners: dict[str, RunnerHandle] = {}
         self.setup_failures = 0
         self.runner_env = runner_env
+        self._may_start = may_start
         self._start_attempt = start_attempt
         self._on_message = on_message
         self._on_exit = on_exit
@@ -85,14 +87,17 @@ class AppPool:
             runner = self._pick_runner(job.runner_hint)
             if runner is None:
                 break
-            self.queues[job.priority].popleft()
+            self.queues[job.priority].remove(job)
             self._start_attempt(job, runner)
         self._scale()
 
     def _next_job(self) -> Job | None:
+        """The first waiting request in priority order that may start now (its key may be
+        at its concurrency limit; then later requests of other keys go first)."""
         for queue in self.queues.values():
-            if queue:
-                return queue[0]
+            for job in queue:
+                if self._may_start(job):
+                    return job
         return None
 
     def _pick_runner(self, hint: str | None) -> RunnerHandle | None:

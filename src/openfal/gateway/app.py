@@ -13,7 +13,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
-from openfal.gateway import platform_routes, queue, realtime, run, storage_routes, tokens
+from openfal.gateway import (
+    key_routes,
+    platform_routes,
+    queue,
+    realtime,
+    run,
+    storage_routes,
+    tokens,
+    webhook_routes,
+)
+from openfal.gateway.auth import Access, Handler, guard
 from openfal.gateway.client_proxy import ClientProxy
 from openfal.gateway.hosts import HostRouting
 from openfal.gateway.http import HTTPError, json_response
@@ -25,36 +35,62 @@ _BY_ID = "/queue/{owner}/{app}/requests/{request_id}"
 _SIGNED_UPLOAD = "/storage/uploads/{upload_id}"
 _CDN_MULTIPART = "/files/{file_id}/{file_name}/multipart/{upload_id}"
 
+P, C, K, A = Access.PUBLIC, Access.CALLER, Access.KEY, Access.ADMIN
+
+
+# (path, method) -> who may call it; tests walk it to check every route's guard.
+ACCESS: dict[tuple[str, str], Access] = {}
+
+
+def route(path: str, handler: Handler, methods: list[str], access: Access) -> Route:
+    for method in methods:
+        ACCESS[(path, method)] = access
+    return Route(path, guard(handler, access), methods=methods)
+
+
+# Every route names who may call it (gateway/auth.py); handlers of CALLER routes check
+# what an anonymous caller may do (public apps, requests made anonymously).
 ROUTES = [
-    Route("/health", platform_routes.health, methods=["GET"]),
-    Route("/api/apps", platform_routes.apps, methods=["GET"]),
-    Route("/api/runners", platform_routes.runners, methods=["GET"]),
+    route("/health", platform_routes.health, ["GET"], P),
+    route("/.well-known/jwks.json", webhook_routes.jwks, ["GET"], P),
+    route("/api/apps", platform_routes.apps, ["GET"], K),
+    route("/api/runners", platform_routes.runners, ["GET"], A),
+    route("/api/keys", key_routes.list_keys, ["GET"], A),
+    route("/api/keys", key_routes.create_key, ["POST"], A),
+    route("/api/keys/{key_id}", key_routes.update_key, ["PATCH"], A),
+    route("/api/keys/{key_id}", key_routes.revoke_key, ["DELETE"], A),
+    route("/api/usage", key_routes.usage, ["GET"], A),
+    # Re-enters the app with the target URL: the target route's own access applies.
     Route("/api/fal/proxy", ClientProxy(), methods=["GET", "POST", "PUT", "OPTIONS"]),
-    Route("/api/requests/{request_id}/attempts", platform_routes.attempts, methods=["GET"]),
-    Route("/api/openapi/queue/openapi.json", platform_routes.openapi, methods=["GET"]),
-    Route(_BY_ID + "/status", queue.status, methods=["GET"]),
-    Route(_BY_ID + "/status/stream", queue.status_stream, methods=["GET"]),
-    Route(_BY_ID + "/cancel", queue.cancel, methods=["PUT"]),
-    Route(_BY_ID, queue.result, methods=["GET"]),
-    Route("/storage/auth/token", storage_routes.cdn_token, methods=["POST"]),
-    Route("/storage/upload/initiate", storage_routes.initiate, methods=["POST"]),
-    Route("/storage/upload/initiate-multipart", storage_routes.initiate, methods=["POST"]),
-    Route(_SIGNED_UPLOAD, storage_routes.put_signed_upload, methods=["PUT"]),
-    Route(_SIGNED_UPLOAD + "/complete", storage_routes.complete_signed, methods=["POST"]),
-    Route(_SIGNED_UPLOAD + "/{part_number:int}", storage_routes.put_signed_part,
-          methods=["PUT"]),
-    Route("/files/upload", storage_routes.upload, methods=["POST"]),
-    Route("/files/upload/multipart", storage_routes.create_multipart, methods=["POST"]),
-    Route(_CDN_MULTIPART + "/complete", storage_routes.complete_cdn, methods=["POST"]),
-    Route(_CDN_MULTIPART + "/{part_number:int}", storage_routes.put_cdn_part, methods=["PUT"]),
-    Route("/files/{file_path:path}", storage_routes.serve_file, methods=["GET"]),
-    Route("/storage/{rest:path}", storage_routes.preflight, methods=["OPTIONS"]),
-    Route("/files/{rest:path}", storage_routes.preflight, methods=["OPTIONS"]),
-    Route("/queue/{endpoint_id:path}", queue.submit, methods=["POST"]),
-    Route("/tokens/", tokens.mint, methods=["POST"]),
-    Route("/tokens", tokens.mint, methods=["POST"]),
-    Route("/{endpoint_id:path}/stream", run.stream, methods=["POST"]),
-    Route("/{endpoint_id:path}", run.run, methods=["POST", "GET"]),
+    route("/api/requests/{request_id}/attempts", platform_routes.attempts, ["GET"], C),
+    route("/api/requests/{request_id}/webhooks", webhook_routes.show, ["GET"], C),
+    route("/api/requests/{request_id}/webhooks/redeliver", webhook_routes.redeliver,
+          ["POST"], C),
+    route("/api/openapi/queue/openapi.json", platform_routes.openapi, ["GET"], C),
+    route(_BY_ID + "/status", queue.status, ["GET"], C),
+    route(_BY_ID + "/status/stream", queue.status_stream, ["GET"], C),
+    route(_BY_ID + "/cancel", queue.cancel, ["PUT"], C),
+    route(_BY_ID, queue.result, ["GET"], C),
+    route("/storage/auth/token", storage_routes.cdn_token, ["POST"], K),
+    route("/storage/upload/initiate", storage_routes.initiate, ["POST"], K),
+    route("/storage/upload/initiate-multipart", storage_routes.initiate, ["POST"], K),
+    # Signed upload URLs and CDN bearer tokens carry their own proof.
+    route(_SIGNED_UPLOAD, storage_routes.put_signed_upload, ["PUT"], P),
+    route(_SIGNED_UPLOAD + "/complete", storage_routes.complete_signed, ["POST"], P),
+    route(_SIGNED_UPLOAD + "/{part_number:int}", storage_routes.put_signed_part, ["PUT"], P),
+    route("/files/upload", storage_routes.upload, ["POST"], P),
+    route("/files/upload/multipart", storage_routes.create_multipart, ["POST"], P),
+    route(_CDN_MULTIPART + "/complete", storage_routes.complete_cdn, ["POST"], P),
+    route(_CDN_MULTIPART + "/{part_number:int}", storage_routes.put_cdn_part, ["PUT"], P),
+    route("/files/{file_path:path}", storage_routes.serve_file, ["GET"], P),
+    route("/storage/{rest:path}", storage_routes.preflight, ["OPTIONS"], P),
+    route("/files/{rest:path}", storage_routes.preflight, ["OPTIONS"], P),
+    route("/queue/{endpoint_id:path}", queue.submit, ["POST"], C),
+    route("/tokens/", tokens.mint, ["POST"], K),
+    route("/tokens", tokens.mint, ["POST"], K),
+    route("/{endpoint_id:path}/stream", run.stream, ["POST"], C),
+    route("/{endpoint_id:path}", run.run, ["POST", "GET"], C),
+    # Checks a realtime token or a key itself (gateway/realtime.py).
     WebSocketRoute("/{endpoint_id:path}", realtime.session),
 ]
 

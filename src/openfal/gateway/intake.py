@@ -13,6 +13,7 @@ from openfal.app.app import EndpointSpec
 from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.dispatcher.jobs import Priority
+from openfal.gateway.auth import principal, require_key_for_app
 from openfal.gateway.http import HTTPError, field_error, read_body
 
 if TYPE_CHECKING:
@@ -29,6 +30,23 @@ def resolve_endpoint(platform: Platform, endpoint_id: str) -> tuple[ServedApp, E
     if found is None:
         raise HTTPError(404, f"Endpoint {endpoint_id!r} not found", "endpoint_not_found")
     return found
+
+
+def callable_endpoint(request: Request, endpoint_id: str) -> tuple[ServedApp, EndpointSpec]:
+    """The endpoint, if this caller may call it (a key, unless the app is public)."""
+    platform: Platform = request.app.state.platform
+    app, spec = resolve_endpoint(platform, endpoint_id)
+    require_key_for_app(request, app.cls.app_auth == "public")
+    return app, spec
+
+
+def key_options(request: Request) -> tuple[str | None, dict[str, Any]]:
+    """Who is calling, and the concurrency limit its requests carry."""
+    caller = principal(request)
+    if caller is None or caller.key_id is None:
+        return None, {}
+    options = {} if caller.max_concurrency is None else {"key_limit": caller.max_concurrency}
+    return caller.key_id, options
 
 
 async def validated_payload(request: Request, platform: Platform, spec: EndpointSpec) -> bytes:

@@ -7,8 +7,10 @@ from starlette.responses import Response
 
 from openfal import __version__
 from openfal.app.schema import endpoint_openapi
+from openfal.gateway.auth import ensure_visible
+from openfal.gateway.hosts import queue_prefix
 from openfal.gateway.http import HTTPError, json_response
-from openfal.gateway.intake import resolve_endpoint
+from openfal.gateway.intake import callable_endpoint
 from openfal.gateway.urls import base_url, schema_url
 from openfal.server import Platform
 
@@ -35,13 +37,13 @@ async def apps(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    platform: Platform = request.app.state.platform
     endpoint_id = request.query_params.get("endpoint_id")
     if not endpoint_id:
         raise HTTPError(422, [{"loc": ["query", "endpoint_id"], "msg": "Field required",
                                "type": "missing"}])
-    app, spec = resolve_endpoint(platform, endpoint_id)
-    document = endpoint_openapi(endpoint_id, app.app_id, spec, base_url(request) + "/queue")
+    app, spec = callable_endpoint(request, endpoint_id)
+    document = endpoint_openapi(endpoint_id, app.app_id, spec,
+                                base_url(request) + queue_prefix(request.scope))
     return json_response(document)
 
 
@@ -54,6 +56,8 @@ async def attempts(request: Request) -> Response:
     """Every attempt of a request, each with its own id: retries stay traceable."""
     platform: Platform = request.app.state.platform
     request_id = request.path_params["request_id"]
-    if await platform.store.get_request(request_id) is None:
+    record = await platform.store.get_request(request_id)
+    if record is None:
         raise HTTPError(404, "Request not found", "request_not_found")
+    ensure_visible(request, record.key_id)
     return json_response({"attempts": await platform.store.get_attempts(request_id)})

@@ -12,15 +12,18 @@ from starlette.responses import Response, StreamingResponse
 
 from openfal.dispatcher.dispatcher import CancelResult, QueueFull
 from openfal.dispatcher.jobs import Job
+from openfal.gateway.auth import ensure_visible
 from openfal.gateway.http import HTTPError, json_response
 from openfal.gateway.intake import (
+    callable_endpoint,
     forwarded_headers,
     job_options,
+    key_options,
     max_queue_length,
-    resolve_endpoint,
     validated_payload,
 )
 from openfal.gateway.urls import queue_urls
+from openfal.gateway.webhook_routes import webhook_options
 from openfal.server import Platform
 from openfal.store.base import LogEntry, Mode, RequestRecord, Status
 
@@ -30,12 +33,15 @@ _TRUE = {"1", "true", "yes"}
 
 async def submit(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    app, spec = resolve_endpoint(platform, request.path_params["endpoint_id"])
+    app, spec = callable_endpoint(request, request.path_params["endpoint_id"])
     priority, options = job_options(request)
+    key_id, key_limits = key_options(request)
     limit = max_queue_length(request)
+    webhook = await webhook_options(request)
     payload = await validated_payload(request, platform, spec)
     job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
-                                      Mode.QUEUE, priority, options)
+                                      Mode.QUEUE, priority,
+                                      {**options, **key_limits, **webhook}, key_id)
     try:
         await platform.dispatcher.submit(job, limit)
     except QueueFull:
@@ -65,11 +71,18 @@ async def _lookup(request: Request) -> _View:
     app_id = f"{request.path_params['owner']}/{request.path_params['app']}"
     job = platform.dispatcher.jobs.get(request_id)
     if job is not None and job.app_id == app_id and job.mode is Mode.QUEUE:
+        ensure_visible(request, job.key_id)
         return _View(job, None)
     record = await platform.store.get_request(request_id)
+    if record is None:
+        # Each attempt's own id (gateway_request_id) leads to its request too.
+        original = await platform.store.request_id_for_attempt(request_id)
+        record = await platform.store.get_request(original) if original else None
     # A job may have finished between the two looks.
     if record is None or record.app_id != app_id or record.mode is not Mode.QUEUE:
         raise HTTPError(404, "Request not found", "request_not_found")
+    ensure_visible(request, record.key_id)
+    request_id = record.id
     if record.status is not Status.COMPLETED:
         job = platform.dispatcher.jobs.get(request_id)
         if job is not None:

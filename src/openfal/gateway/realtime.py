@@ -22,6 +22,8 @@ from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.auth import tokens
 from openfal.dispatcher.jobs import Job, Priority
+from openfal.gateway.auth import identify
+from openfal.gateway.http import HTTPError
 from openfal.gateway.intake import forwarded_headers
 from openfal.gateway.run import next_partial
 from openfal.server import Platform
@@ -59,17 +61,21 @@ async def session(websocket: WebSocket) -> None:
 
 
 async def _authorized(websocket: WebSocket, platform: Platform, app: ServedApp) -> bool:
+    """A realtime token (``fal_jwt_token``) for this app, or an API key, unless the app is
+    public; otherwise the session ends with an Unauthorized frame."""
     token = websocket.query_params.get("fal_jwt_token")
-    if token is None:
-        return True
     try:
-        tokens.verify(platform.signer, token, app.cls.app_name)
-    except tokens.TokenError as exc:
+        if token is not None:
+            tokens.verify(platform.signer, token, app.cls.app_name)
+        elif identify(websocket) is None and app.cls.app_auth != "public":
+            raise tokens.TokenError("a realtime token or an API key is needed")
+    except (tokens.TokenError, HTTPError) as exc:
         # Both clients' shapes: the JS client drops the token on {status, error}; the
         # Python client raises on x-fal-error.
+        reason = exc.detail if isinstance(exc, HTTPError) else str(exc)
         await websocket.send_text(json.dumps({
             "type": "x-fal-error", "status": "error", "error": "Unauthorized",
-            "reason": str(exc)}))
+            "reason": reason}))
         await websocket.close(code=POLICY_VIOLATION)
         return False
     return True

@@ -12,10 +12,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from openfal.dispatcher.jobs import Job, Priority
+from openfal.gateway.http import HTTPError
 from openfal.gateway.intake import (
+    callable_endpoint,
     forwarded_headers,
     job_options,
-    resolve_endpoint,
+    key_options,
     validated_payload,
 )
 from openfal.server import Platform
@@ -24,11 +26,18 @@ from openfal.store.base import Mode, Outcome
 
 async def _direct_job(request: Request) -> tuple[Platform, Job]:
     platform: Platform = request.app.state.platform
-    app, spec = resolve_endpoint(platform, request.path_params["endpoint_id"])
+    app, spec = callable_endpoint(request, request.path_params["endpoint_id"])
     _, options = job_options(request)
+    key_id, key_limits = key_options(request)
+    limit = key_limits.get("key_limit")
+    if limit is not None and platform.dispatcher.running_for(key_id) >= limit:
+        # Direct runs do not wait for a key's slot; the clients retry a 429.
+        raise HTTPError(429, f"This key already has {limit} requests running",
+                        "concurrency_limit", {"retry-after": "1"})
     payload = await validated_payload(request, platform, spec)
     job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
-                                      Mode.DIRECT, Priority.DIRECT, options)
+                                      Mode.DIRECT, Priority.DIRECT, {**options, **key_limits},
+                                      key_id)
     return platform, job
 
 

@@ -171,6 +171,8 @@ class Runner:
         finally:
             self.stdout.finish(ctx)
             self.stderr.finish(ctx)
+        if ctx.billable_units is not None:
+            headers = {**headers, "x-fal-billable-units": f"{ctx.billable_units:g}"}
         self.send({"t": "result", "id": ctx.request_id, "status": status, "body": payload,
                    "headers": headers, "hints": self.hints()})
 

@@ -1,0 +1,112 @@
+"""API keys: ``Authorization: Key <id>:<secret>``, scopes, and who a caller is.
+
+Secrets are random (192 bits) and stored only as SHA-256 hashes; a slow password hash buys
+nothing for secrets nobody chose. The keyring holds every key in memory, so checking a key
+costs no database read on the request path; changes go through it and the store together.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+from openfal.store.base import KeyRecord, Store
+
+
+class Scope(enum.StrEnum):
+    ADMIN = "ADMIN"  # manage keys, see every request, runners, usage
+    API = "API"  # run endpoints, see its own requests
+
+
+class AuthError(Exception):
+    """A credential that is missing, malformed, unknown or revoked (401)."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key, or everyone when auth is off (key_id None, ADMIN)."""
+
+    key_id: str | None
+    scope: Scope
+    max_concurrency: int | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope is Scope.ADMIN
+
+    def can_see(self, owner_key_id: str | None) -> bool:
+        """Whether this caller may see a request made by ``owner_key_id``."""
+        return owner_key_id is None or self.is_admin or owner_key_id == self.key_id
+
+
+EVERYONE = Principal(key_id=None, scope=Scope.ADMIN)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_authorization(header: str) -> tuple[str, str]:
+    scheme, _, credentials = header.partition(" ")
+    key_id, sep, secret = credentials.strip().partition(":")
+    if scheme.lower() != "key" or not sep or not key_id or not secret:
+        raise AuthError("expected 'Authorization: Key <key_id>:<key_secret>'")
+    return key_id, secret
+
+
+class Keyring:
+    def __init__(self, store: Store, default_concurrency: int | None):
+        self.store = store
+        self.default_concurrency = default_concurrency
+        self._keys: dict[str, KeyRecord] = {}
+
+    async def load(self) -> None:
+        self._keys = {key.id: key for key in await self.store.list_keys()}
+
+    def active(self) -> list[KeyRecord]:
+        return [key for key in self._keys.values() if key.revoked_at is None]
+
+    def all(self) -> list[KeyRecord]:
+        return list(self._keys.values())
+
+    async def create(self, scope: Scope, name: str = "",
+                     max_concurrency: int | None = None) -> tuple[KeyRecord, str]:
+        """A new key, and the ``id:secret`` string shown to its owner once."""
+        key_id, secret = str(uuid.uuid4()), secrets.token_urlsafe(24)
+        record = KeyRecord(id=key_id, secret_hash=hash_secret(secret), scope=scope.value,
+                           name=name, created_at=time.time(), max_concurrency=max_concurrency)
+        await self.store.add_key(record)
+        self._keys[key_id] = record
+        return record, f"{key_id}:{secret}"
+
+    async def revoke(self, key_id: str) -> bool:
+        key = self._keys.get(key_id)
+        if key is None or key.revoked_at is not None:
+            return False
+        revoked_at = time.time()
+        await self.store.revoke_key(key_id, revoked_at)
+        key.revoked_at = revoked_at
+        return True
+
+    async def set_concurrency(self, key_id: str, limit: int | None) -> bool:
+        key = self._keys.get(key_id)
+        if key is None:
+            return False
+        await self.store.set_key_concurrency(key_id, limit)
+        key.max_concurrency = limit
+        return True
+
+    def authenticate(self, header: str) -> Principal:
+        key_id, secret = parse_authorization(header)
+        key = self._keys.get(key_id)
+        if key is None or key.revoked_at is not None or not hmac.compare_digest(
+                key.secret_hash, hash_secret(secret)):
+            raise AuthError("invalid or revoked API key")
+        limit = key.max_concurrency if key.max_concurrency is not None else (
+            self.default_concurrency)
+        return Principal(key_id=key.id, scope=Scope(key.scope), max_concurrency=limit)
