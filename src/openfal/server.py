@@ -5,18 +5,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from openfal.app.registry import Registry
+from openfal.auth.keys import Keyring, Scope
 from openfal.dispatcher.dispatcher import Dispatcher
+from openfal.fetch import NetworkPolicy
 from openfal.files.gc import collect_expired_forever
 from openfal.files.local import LocalFileStorage
 from openfal.files.signing import Signer
+from openfal.net.tls import trust_environment
 from openfal.runner.environment import runner_environment
 from openfal.store.sqlite import SQLiteStore
+from openfal.webhooks.delivery import DeliveryPolicy, WebhookDelivery
+from openfal.webhooks.signing import KeyRing
 
 BUILTIN_APPS = [
     "openfal.models.echo::Echo",
@@ -44,6 +51,29 @@ class Settings:
     file_gc_interval_seconds: float | None = None  # None: derived from the TTL
     models_dir_override: Path | None = None  # None: <data_dir>/models
     max_download_bytes: int = 512 * 1024 * 1024  # one file a request points at
+    # Networks the server may fetch from on a caller's behalf despite being private.
+    allow_networks: list[str] = field(default_factory=list)
+    auth: bool = True  # False: every caller may do everything (a private laptop)
+    default_key_concurrency: int | None = 16  # running requests per key, unless set per key
+    tls: bool = False  # serve https/wss with a certificate from <data_dir>/tls
+    tls_names: list[str] = field(default_factory=list)  # more DNS names/IPs for it
+    proxy: bool = True  # with tls: run the CONNECT proxy for the fal host names
+    proxy_port: int | None = None  # None: port + 1, or any free port when port is 0
+    webhook_max_attempts: int = 10  # delivery attempts before a webhook is marked failed
+    webhook_retry_base_seconds: float = 15.0  # first retry delay, doubling: ~2 h for 10
+    webhook_timeout_seconds: float = 15.0  # one delivery attempt
+
+    @property
+    def network_policy(self) -> NetworkPolicy:
+        return NetworkPolicy.allowing(self.allow_networks)
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.data_dir / "admin.key"
+
+    @property
+    def webhook_keys_dir(self) -> Path:
+        return self.data_dir / "webhook-keys"
 
     @property
     def database_path(self) -> Path:
@@ -65,6 +95,14 @@ class Settings:
         return 60.0 if ttl is None else min(60.0, max(0.1, ttl / 10))
 
 
+class Service(Protocol):
+    """Something the platform starts after its own parts and stops before them."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
 class Platform:
     """Everything one gateway process runs: store, app registry, dispatcher."""
 
@@ -79,21 +117,52 @@ class Platform:
         for ref in (BUILTIN_APPS if settings.builtin_apps else []) + settings.apps:
             self.registry.add(ref)
         self.store = SQLiteStore(settings.database_path, settings.durability)
+        self.keyring = Keyring(self.store, settings.default_key_concurrency)
+        self.new_admin_key: str | None = None
         self.dispatcher = Dispatcher(
             self.store, self.registry, retention_seconds=settings.retention_seconds,
             runner_env=runner_environment(
                 files_dir=settings.files_dir, public_url=self.public_url,
                 file_ttl_seconds=settings.default_file_ttl_seconds,
                 models_dir=settings.models_dir,
-                max_download_bytes=settings.max_download_bytes))
+                max_download_bytes=settings.max_download_bytes,
+                allow_networks=settings.allow_networks)
+            # runners fetch this server's own https file URLs
+            | (trust_environment(settings.data_dir) if settings.tls else {}))
+        self.webhooks = WebhookDelivery(
+            self.store, KeyRing.open(settings.webhook_keys_dir),
+            DeliveryPolicy(max_attempts=settings.webhook_max_attempts,
+                           base_delay=settings.webhook_retry_base_seconds,
+                           timeout=settings.webhook_timeout_seconds),
+            settings.network_policy)
+        self.dispatcher.on_webhook_queued = self.webhooks.wake
+        self.services: list[Service] = [self.webhooks]
 
     async def start(self) -> None:
         await self.store.open()
+        await self.keyring.load()
+        if self.settings.auth and not self.keyring.active():
+            await self._create_first_admin_key()
         self._files_gc = asyncio.create_task(
             collect_expired_forever(self.files, self.settings.file_gc_interval))
         await self.dispatcher.start()
+        for service in self.services:
+            await service.start()
+
+    async def _create_first_admin_key(self) -> None:
+        """With no key at all, nobody could use the server: make an ADMIN key, kept (0600)
+        in the data dir for ``openfal env``, and shown once by ``openfal serve``."""
+        _, secret = await self.keyring.create(Scope.ADMIN, "first admin key")
+        path = self.settings.admin_key_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secret + "\n")
+        self.new_admin_key = secret
 
     async def stop(self) -> None:
+        for service in reversed(self.services):
+            await service.stop()
         await self.dispatcher.stop()
         if self._files_gc is not None:
             self._files_gc.cancel()
@@ -119,14 +188,31 @@ def serve(settings: Settings, on_ready: Callable[[Platform, str], None] | None =
     import uvicorn
 
     from openfal.gateway.app import create_app
+    from openfal.net.hosts import reachable_host
+    from openfal.net.proxy import ConnectProxy
+    from openfal.net.runtime import RuntimeFile, RuntimeInfo
+    from openfal.net.tls import ensure_tls
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
+    tls = ensure_tls(settings.data_dir, settings.tls_names) if settings.tls else None
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    url = f"{'https' if tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
+    proxy = (ConnectProxy.bind(_proxy_port(settings), platform=(reachable_host(host), port))
+             if tls and settings.proxy else None)
     platform = Platform(settings, listen_url=url)
+    platform.services += [*([proxy] if proxy else []), RuntimeFile(
+        settings.data_dir, RuntimeInfo.describe(url, proxy.url if proxy else None, tls))]
     app = create_app(platform, on_ready=(lambda p: on_ready(p, url)) if on_ready else None)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5)
+                            access_log=False, timeout_graceful_shutdown=5,
+                            ssl_certfile=tls.server_cert if tls else None,
+                            ssl_keyfile=tls.server_key if tls else None)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def _proxy_port(settings: Settings) -> int:
+    if settings.proxy_port is not None:
+        return settings.proxy_port
+    return settings.port + 1 if settings.port else 0

@@ -8,10 +8,11 @@ from pathlib import Path
 DEFAULT_DATA_DIR = Path.home() / ".openfal"
 
 
-def find_key(data_dir: Path | None = None) -> str | None:
-    """``OPENFAL_KEY``, else ``FAL_KEY``, else the first ADMIN key that ``openfal serve``
-    saved in the data dir (``<data-dir>/admin.key``); None if there is none."""
-    for name in ("OPENFAL_KEY", "FAL_KEY"):
+def find_key(data_dir: Path | None = None,
+             variables: tuple[str, ...] = ("OPENFAL_KEY", "FAL_KEY")) -> str | None:
+    """The first of ``variables`` that is set, else the first ADMIN key that ``openfal
+    serve`` saved in the data dir (``<data-dir>/admin.key``); None if there is none."""
+    for name in variables:
         if os.environ.get(name):
             return os.environ[name]
     saved = (data_dir or DEFAULT_DATA_DIR) / "admin.key"
