@@ -19,10 +19,22 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status
+from openfal.store.base import (
+    KeyRecord,
+    LogEntry,
+    Mode,
+    Outcome,
+    RequestRecord,
+    Status,
+    UsageRow,
+    WebhookAttempt,
+    WebhookRecord,
+    WebhookTarget,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,9 @@ CREATE TABLE IF NOT EXISTS requests (
     result_headers TEXT,
     error TEXT,
     error_type TEXT,
-    inference_time REAL
+    inference_time REAL,
+    key_id TEXT,
+    billable_units REAL
 );
 CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (created_at)
     WHERE status != 'COMPLETED';
@@ -63,6 +77,16 @@ CREATE TABLE IF NOT EXISTS attempts (
     error_type TEXT,
     PRIMARY KEY (request_id, attempt)
 );
+CREATE INDEX IF NOT EXISTS attempts_id ON attempts (attempt_id);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    revoked_at REAL,
+    max_concurrency INTEGER
+);
 CREATE TABLE IF NOT EXISTS logs (
     request_id TEXT NOT NULL,
     timestamp REAL NOT NULL,
@@ -71,10 +95,37 @@ CREATE TABLE IF NOT EXISTS logs (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id);
+CREATE TABLE IF NOT EXISTS webhooks (
+    request_id TEXT PRIMARY KEY,
+    url TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    gateway_request_id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    tries INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL,
+    delivered_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (next_attempt_at) WHERE state = 'pending';
+CREATE TABLE IF NOT EXISTS webhook_attempts (
+    request_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    status_code INTEGER,
+    error TEXT,
+    duration REAL,
+    PRIMARY KEY (request_id, attempt)
+);
 """
 
 _BATCH_LIMIT = 1024
 Write = Callable[[sqlite3.Connection], None]
+T = TypeVar("T")
+_WEBHOOK_COLUMNS = ", ".join(f.name for f in fields(WebhookRecord))
+_WEBHOOK_ATTEMPT_COLUMNS = ", ".join(f.name for f in fields(WebhookAttempt))
+_INTERRUPTED = "interrupted: the server stopped during the attempt"
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -167,8 +218,21 @@ def _record(row: sqlite3.Row) -> RequestRecord:
         finished_at=row["finished_at"], result_status=row["result_status"],
         result_body=row["result_body"], result_headers=json.loads(row["result_headers"] or "{}"),
         error=row["error"], error_type=row["error_type"],
-        inference_time=row["inference_time"],
+        inference_time=row["inference_time"], key_id=row["key_id"],
+        billable_units=row["billable_units"],
     )
+
+
+def _add_webhook(conn: sqlite3.Connection, request_id: str, webhook: WebhookTarget,
+                 now: float) -> None:
+    """Queue a webhook, due now. Its ``gateway_request_id`` is the id of the request's last
+    attempt (all earlier writes are applied before this one), or the request's own id if it
+    never started."""
+    conn.execute(
+        "INSERT OR IGNORE INTO webhooks (request_id, url, user_id, gateway_request_id, state,"
+        " created_at, next_attempt_at) VALUES (?, ?, ?, COALESCE((SELECT attempt_id FROM"
+        " attempts WHERE request_id=? ORDER BY attempt DESC LIMIT 1), ?), 'pending', ?, ?)",
+        (request_id, webhook.url, webhook.user_id, request_id, request_id, now, now))
 
 
 class SQLiteStore:
@@ -202,14 +266,14 @@ class SQLiteStore:
         return self._write(
             "INSERT INTO requests (id, app_id, endpoint_id, path, mode, status, priority,"
             " payload, headers, options, attempts, created_at, started_at, finished_at,"
-            " result_status, result_body, result_headers, error, error_type, inference_time)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " result_status, result_body, result_headers, error, error_type, inference_time,"
+            " key_id, billable_units) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (record.id, record.app_id, record.endpoint_id, record.path, record.mode.value,
              record.status.value, record.priority, record.payload,
              json.dumps(record.headers), json.dumps(record.options), record.attempts,
              record.created_at, record.started_at, record.finished_at, record.result_status,
              record.result_body, json.dumps(record.result_headers), record.error,
-             record.error_type, record.inference_time))
+             record.error_type, record.inference_time, record.key_id, record.billable_units))
 
     def start_attempt(self, request_id: str, attempt: int, attempt_id: str,
                       runner_id: str, started_at: float) -> asyncio.Future[None]:
@@ -242,15 +306,22 @@ class SQLiteStore:
             "INSERT INTO logs (request_id, timestamp, level, source, message)"
             " VALUES (?,?,?,?,?)", rows))
 
-    def complete(self, request_id: str, outcome: Outcome,
-                 finished_at: float) -> asyncio.Future[None]:
-        return self._write(
-            "UPDATE requests SET status='COMPLETED', finished_at=?, result_status=?,"
-            " result_body=?, result_headers=?, error=?, error_type=?, inference_time=?"
-            " WHERE id=?",
-            (finished_at, outcome.status, outcome.body, json.dumps(outcome.headers),
-             outcome.error, outcome.error_type,
-             outcome.inference_time, request_id))
+    def complete(self, request_id: str, outcome: Outcome, finished_at: float,
+                 webhook: WebhookTarget | None = None) -> asyncio.Future[None]:
+        """Record the outcome and, if the request asked for one, queue its webhook in the
+        same transaction: a crash never leaves a completed request without its webhook."""
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE requests SET status='COMPLETED', finished_at=?, result_status=?,"
+                " result_body=?, result_headers=?, error=?, error_type=?, inference_time=?,"
+                " billable_units=? WHERE id=?",
+                (finished_at, outcome.status, outcome.body, json.dumps(outcome.headers),
+                 outcome.error, outcome.error_type,
+                 outcome.inference_time, outcome.billable_units, request_id))
+            if webhook is not None:
+                _add_webhook(conn, request_id, webhook, finished_at)
+        assert self._writer is not None
+        return self._writer.submit(write)
 
     # Reads
     def _reader(self) -> sqlite3.Connection:
@@ -294,11 +365,57 @@ class SQLiteStore:
             return [_record(r) for r in rows]
         return await self._read(read)
 
+    async def request_id_for_attempt(self, attempt_id: str) -> str | None:
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT request_id FROM attempts WHERE attempt_id=?",
+                               (attempt_id,)).fetchone()
+            return row["request_id"] if row else None
+        return await self._read(read)
+
+    # API keys
+    def add_key(self, key: KeyRecord) -> asyncio.Future[None]:
+        return self._write(
+            "INSERT INTO api_keys (id, secret_hash, scope, name, created_at, max_concurrency)"
+            " VALUES (?,?,?,?,?,?)",
+            (key.id, key.secret_hash, key.scope, key.name, key.created_at,
+             key.max_concurrency))
+
+    def revoke_key(self, key_id: str, revoked_at: float) -> asyncio.Future[None]:
+        return self._write("UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL",
+                           (revoked_at, key_id))
+
+    def set_key_concurrency(self, key_id: str, limit: int | None) -> asyncio.Future[None]:
+        return self._write("UPDATE api_keys SET max_concurrency=? WHERE id=?", (limit, key_id))
+
+    async def list_keys(self) -> list[KeyRecord]:
+        def read(conn: sqlite3.Connection) -> list[KeyRecord]:
+            rows = conn.execute("SELECT * FROM api_keys ORDER BY created_at").fetchall()
+            return [KeyRecord(**dict(row)) for row in rows]
+        return await self._read(read)
+
+    # Usage
+    async def usage(self, since: float, until: float) -> list[UsageRow]:
+        def read(conn: sqlite3.Connection) -> list[UsageRow]:
+            rows = conn.execute(
+                "SELECT key_id, endpoint_id, COUNT(*) AS requests,"
+                " SUM(result_status >= 400) AS failed,"
+                " SUM(COALESCE(started_at - created_at, 0)) AS queue_seconds,"
+                " SUM(COALESCE(finished_at - started_at, 0)) AS run_seconds,"
+                " SUM(attempts) AS attempts, SUM(COALESCE(billable_units, 0)) AS billable_units"
+                " FROM requests WHERE status='COMPLETED' AND finished_at >= ? AND finished_at < ?"
+                " GROUP BY key_id, endpoint_id ORDER BY key_id, endpoint_id",
+                (since, until)).fetchall()
+            return [UsageRow(**dict(row)) for row in rows]
+        return await self._read(read)
+
     async def purge_finished_before(self, timestamp: float) -> int:
         def write(conn: sqlite3.Connection) -> None:
             ids = "SELECT id FROM requests WHERE status='COMPLETED' AND finished_at < ?"
             conn.execute(f"DELETE FROM logs WHERE request_id IN ({ids})", (timestamp,))
             conn.execute(f"DELETE FROM attempts WHERE request_id IN ({ids})", (timestamp,))
+            conn.execute(f"DELETE FROM webhook_attempts WHERE request_id IN ({ids})",
+                         (timestamp,))
+            conn.execute(f"DELETE FROM webhooks WHERE request_id IN ({ids})", (timestamp,))
             removed.append(conn.execute(
                 "DELETE FROM requests WHERE status='COMPLETED' AND finished_at < ?",
                 (timestamp,)).rowcount)
@@ -306,3 +423,91 @@ class SQLiteStore:
         assert self._writer is not None
         await self._writer.submit(write)
         return removed[0]
+
+    # Webhook outbox
+    async def _write_returning(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Apply ``fn`` as a write; what it returned once committed. (After a failed batch
+        a write is applied again on its own: the last application is the committed one.)"""
+        results: list[T] = []
+        assert self._writer is not None
+        await self._writer.submit(lambda conn: results.append(fn(conn)))
+        return results[-1]
+
+    async def claim_due_webhooks(self, now: float, limit: int) -> list[WebhookRecord]:
+        """Mark up to ``limit`` due webhooks as delivering, each with a new attempt started
+        ``now``; they are not due again until that attempt ends (or the server restarts)."""
+        def write(conn: sqlite3.Connection) -> list[WebhookRecord]:
+            rows = conn.execute(
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE state='pending'"
+                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+                (now, limit)).fetchall()
+            claimed = [WebhookRecord(*row) for row in rows]
+            for record in claimed:
+                record.state, record.next_attempt_at = "delivering", None
+                record.attempts += 1
+                record.tries += 1
+                conn.execute(
+                    "UPDATE webhooks SET state='delivering', attempts=?, tries=?,"
+                    " next_attempt_at=NULL WHERE request_id=?",
+                    (record.attempts, record.tries, record.request_id))
+                conn.execute(
+                    "INSERT INTO webhook_attempts (request_id, attempt, started_at)"
+                    " VALUES (?,?,?)", (record.request_id, record.attempts, now))
+            return claimed
+        return await self._write_returning(write)
+
+    def end_webhook_attempt(self, request_id: str, attempt: WebhookAttempt, state: str,
+                            next_attempt_at: float | None) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE webhook_attempts SET finished_at=?, status_code=?, error=?, duration=?"
+                " WHERE request_id=? AND attempt=?",
+                (attempt.finished_at, attempt.status_code, attempt.error, attempt.duration,
+                 request_id, attempt.attempt))
+            conn.execute(
+                "UPDATE webhooks SET state=?, next_attempt_at=?, delivered_at=CASE WHEN"
+                " ?='delivered' THEN ? ELSE delivered_at END WHERE request_id=?",
+                (state, next_attempt_at, state, attempt.finished_at, request_id))
+        assert self._writer is not None
+        return self._writer.submit(write)
+
+    async def redeliver_webhook(self, request_id: str, now: float) -> bool:
+        """Make a webhook due now with a fresh set of tries; False while an attempt of it
+        is under way."""
+        def write(conn: sqlite3.Connection) -> bool:
+            return conn.execute(
+                "UPDATE webhooks SET state='pending', tries=0, next_attempt_at=?"
+                " WHERE request_id=? AND state != 'delivering'", (now, request_id)).rowcount == 1
+        return await self._write_returning(write)
+
+    async def recover_webhooks(self, now: float) -> int:
+        """After a restart: attempts the previous process left unfinished are recorded as
+        interrupted, not counted against their webhook's tries, and made due now."""
+        def write(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE webhook_attempts SET finished_at=?, error=?"
+                         " WHERE finished_at IS NULL", (now, _INTERRUPTED))
+            return conn.execute(
+                "UPDATE webhooks SET state='pending', tries=MAX(tries - 1, 0),"
+                " next_attempt_at=? WHERE state='delivering'", (now,)).rowcount
+        return await self._write_returning(write)
+
+    async def next_webhook_due(self) -> float | None:
+        def read(conn: sqlite3.Connection) -> float | None:
+            return conn.execute("SELECT MIN(next_attempt_at) FROM webhooks"
+                                " WHERE state='pending'").fetchone()[0]
+        return await self._read(read)
+
+    async def get_webhook(self, request_id: str) -> WebhookRecord | None:
+        def read(conn: sqlite3.Connection) -> WebhookRecord | None:
+            row = conn.execute(f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE request_id=?",
+                               (request_id,)).fetchone()
+            return WebhookRecord(*row) if row else None
+        return await self._read(read)
+
+    async def get_webhook_attempts(self, request_id: str) -> list[WebhookAttempt]:
+        def read(conn: sqlite3.Connection) -> list[WebhookAttempt]:
+            rows = conn.execute(
+                f"SELECT {_WEBHOOK_ATTEMPT_COLUMNS} FROM webhook_attempts WHERE request_id=?"
+                " ORDER BY attempt", (request_id,)).fetchall()
+            return [WebhookAttempt(*row) for row in rows]
+        return await self._read(read)

@@ -1,0 +1,101 @@
+"""Running an openfal server as a separate process, for tests and benchmarks.
+
+The server runs ``python -m openfal serve`` in its own process group with a fresh data dir;
+``start()`` returns once it says where it listens. Every process it starts carries a tag in
+its environment, so runners left behind by a ``kill -9`` can be found and stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+
+START_TIMEOUT = 60.0
+TAG_VARIABLE = "OPENFAL_TEST_TAG"
+
+
+class ServerProcess:
+    """``openfal serve`` in its own process group, on a free port, with its own data dir."""
+
+    def __init__(self, data_dir: Path, args: list[str], port: int = 0):
+        self.data_dir = data_dir
+        self.args = args
+        self.port = port
+        self.tag = uuid.uuid4().hex
+        self.url = ""
+        self.output: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, TAG_VARIABLE: self.tag}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "openfal", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir), *self.args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+            start_new_session=True)
+        ready = threading.Event()
+        threading.Thread(target=self._collect, args=(self.proc, ready), daemon=True).start()
+        if not ready.wait(START_TIMEOUT) or not self.url:
+            self.kill()
+            raise RuntimeError("server did not start:\n" + "".join(self.output))
+        return self
+
+    def _collect(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            if line.startswith("openfal listening on "):
+                self.url = line.split()[-1]
+                self.port = int(self.url.rsplit(":", 1)[1])
+                ready.set()
+        ready.set()
+
+    @property
+    def admin_key(self) -> str:
+        """The ADMIN key a server with auth made on first start."""
+        return (self.data_dir / "admin.key").read_text().strip()
+
+    def client(self, **kwargs) -> httpx.Client:
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """``kill -9`` the server process (its runners notice and exit)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def leftover_pids(self) -> list[int]:
+        """Processes that still carry this server's tag (runners included)."""
+        pids = []
+        marker = f"{TAG_VARIABLE}={self.tag}".encode()
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if marker in (entry / "environ").read_bytes().split(b"\0"):
+                        pids.append(int(entry.name))
+                except OSError:
+                    continue
+        return pids
+
+    def reap_leftovers(self) -> None:
+        for pid in self.leftover_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
