@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import APPS, ServerProcess, wait_for
 
+from conftest import APPS, ServerProcess, wait_for
 from openfal.gateway.app import ACCESS
 from openfal.gateway.auth import Access
 
