@@ -69,19 +69,15 @@ def queued_once(client: httpx.Client, body: dict) -> float:
 
 
 def openfal_times(data_dir: Path, size: int, steps: int, seeds: list[int]) -> list[float]:
-    server = ServerProcess(data_dir, ["--no-auth"]).start()
-    try:
-        with httpx.Client(base_url=server.url, timeout=300) as client:
-            def body(seed: int) -> dict:
-                return {"prompt": "a red fox in the snow", "seed": seed,
-                        "image_size": {"width": size, "height": size},
-                        "num_inference_steps": steps}
-            for seed in range(WARMUP):
-                queued_once(client, body(seed))
-            return [queued_once(client, body(seed)) for seed in seeds]
-    finally:
-        server.stop()
-        server.reap_leftovers()
+    def body(seed: int) -> dict:
+        return {"prompt": "a red fox in the snow", "seed": seed,
+                "image_size": {"width": size, "height": size}, "num_inference_steps": steps}
+
+    with (ServerProcess(data_dir, ["--no-auth"]) as server,
+          httpx.Client(base_url=server.url, timeout=300) as client):
+        for seed in range(WARMUP):
+            queued_once(client, body(seed))
+        return [queued_once(client, body(seed)) for seed in seeds]
 
 
 def summary(times: list[float]) -> str:

@@ -41,10 +41,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # The tests' own HTTP servers run on loopback, which the fetcher refuses by default.
     args = [arg for ref in ALL_TEST_APPS for arg in ("--app", ref)]
     args += ["--allow-network", "127.0.0.0/8", "--no-auth"]
-    srv = ServerProcess(tmp_path_factory.mktemp("data"), args).start()
-    yield srv
-    srv.stop()
-    srv.reap_leftovers()
+    with ServerProcess(tmp_path_factory.mktemp("data"), args) as srv:
+        yield srv
 
 
 @pytest.fixture

@@ -23,10 +23,8 @@ APP_ARGS = [arg for name in ("Work", "Wait", "PublicEcho", "RealtimeEcho")
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    server = ServerProcess(tmp_path_factory.mktemp("auth"), APP_ARGS).start()
-    yield server
-    server.stop()
-    server.reap_leftovers()
+    with ServerProcess(tmp_path_factory.mktemp("auth"), APP_ARGS) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,8 @@ from openfal.models.tiny import make_tiny
 def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     data_dir = tmp_path_factory.mktemp("flux")
     make_tiny("flux", data_dir / "models" / "black-forest-labs" / "FLUX.1-schnell")
-    server = ServerProcess(data_dir, ["--no-auth"]).start()
-    yield server
-    server.stop()
-    server.reap_leftovers()
+    with ServerProcess(data_dir, ["--no-auth"]) as server:
+        yield server
 
 
 @pytest.fixture

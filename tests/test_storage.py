@@ -28,10 +28,8 @@ DATA = os.urandom(300_000) + b"tail"
 @pytest.fixture(scope="module")
 def files_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server with no apps but the built-in one, shared by this module's HTTP tests."""
-    srv = ServerProcess(tmp_path_factory.mktemp("data"), ["--no-auth"]).start()
-    yield srv
-    srv.stop()
-    srv.reap_leftovers()
+    with ServerProcess(tmp_path_factory.mktemp("data"), ["--no-auth"]) as srv:
+        yield srv
 
 
 @pytest.fixture

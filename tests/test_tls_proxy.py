@@ -57,11 +57,9 @@ def openfal_env(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One ``--tls`` server (proxy on a free port) with the media test app, for the module."""
-    srv = ServerProcess(tmp_path_factory.mktemp("data"),
-                        ["--tls", "--app", f"{APPS}::Media"]).start()
-    yield srv
-    srv.stop()
-    srv.reap_leftovers()
+    with ServerProcess(tmp_path_factory.mktemp("data"),
+                        ["--tls", "--app", f"{APPS}::Media"]) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

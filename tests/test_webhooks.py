@@ -192,11 +192,9 @@ def request_count(data_dir: Path) -> int:
 @pytest.fixture(scope="module")
 def hooked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A server with API keys on, that gives up on a webhook after 3 quick attempts."""
-    server = ServerProcess(tmp_path_factory.mktemp("webhooks"),
-                           [*APP_ARGS, *FAST_RETRIES, "--webhook-max-attempts", "3"]).start()
-    yield server
-    server.stop()
-    server.reap_leftovers()
+    with ServerProcess(tmp_path_factory.mktemp("webhooks"),
+                           [*APP_ARGS, *FAST_RETRIES, "--webhook-max-attempts", "3"]) as server:
+        yield server
 
 
 @pytest.fixture

@@ -34,6 +34,13 @@ class ServerProcess:
         self.output: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
 
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self.reap_leftovers()
+
     def start(self) -> ServerProcess:
         env = {**os.environ, TAG_VARIABLE: self.tag}
         self.proc = subprocess.Popen(

@@ -151,11 +151,7 @@ class Image(File):
                               width=image.width, height=image.height)
 
     def to_pil(self) -> PILImage:
-        from PIL import Image as PIL
-
-        image = PIL.open(self.path)
-        image.load()
-        return image
+        return _open_image(self.path)
 
 
 class Video(File):
@@ -192,11 +188,15 @@ class FileUrl(str):
 
 class ImageUrl(FileUrl):
     def to_pil(self) -> PILImage:
-        from PIL import Image as PIL
+        return _open_image(self.path)
 
-        image = PIL.open(self.path)
-        image.load()
-        return image
+
+def _open_image(path: Path) -> PILImage:
+    from PIL import Image as PIL
+
+    image = PIL.open(path)
+    image.load()
+    return image
 
 
 class VideoUrl(FileUrl):
