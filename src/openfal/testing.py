@@ -23,12 +23,18 @@ TAG_VARIABLE = "OPENFAL_TEST_TAG"
 
 
 class ServerProcess:
-    """``openfal serve`` in its own process group, on a free port, with its own data dir."""
+    """``openfal serve`` in its own process group, on a free port, with its own data dir.
 
-    def __init__(self, data_dir: Path, args: list[str], port: int = 0):
+    ``command`` runs something else instead (a benchmark's baseline server): it must print
+    the same ``openfal listening on URL`` line when ready.
+    """
+
+    def __init__(self, data_dir: Path, args: list[str], port: int = 0,
+                 command: list[str] | None = None):
         self.data_dir = data_dir
         self.args = args
         self.port = port
+        self.command = command
         self.tag = uuid.uuid4().hex
         self.url = ""
         self.output: list[str] = []
@@ -43,9 +49,10 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         env = {**os.environ, TAG_VARIABLE: self.tag}
+        command = self.command or [sys.executable, "-m", "openfal", "serve", "--port",
+                                   str(self.port), "--data-dir", str(self.data_dir), *self.args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "openfal", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir), *self.args],
+            command,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
             start_new_session=True)
         ready = threading.Event()
