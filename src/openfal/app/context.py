@@ -50,7 +50,7 @@ class RequestContext:
         if self._cancelled.is_set():
             raise RequestCancelled(self.request_id)
 
-    def log(self, message: str, level: str = "INFO", source: str = "user") -> None:
+    def log(self, message: str, level: str = "INFO", source: str = "USER") -> None:
         self.emit({"t": "log", "id": self.request_id, "message": message, "level": level,
                    "source": source})
 

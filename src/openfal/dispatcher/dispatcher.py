@@ -233,7 +233,7 @@ class Dispatcher:
             pool.pump()
         elif kind == "log":
             entry = LogEntry(message["message"], message.get("level", "INFO"),
-                             message.get("source", "user"), time.time())
+                             message.get("source", "USER"), time.time())
             job.logs.append(entry)
             self.store.add_logs(job.id, [entry])
             job.notify()

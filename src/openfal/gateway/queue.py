@@ -140,6 +140,10 @@ async def status_stream(request: Request) -> Response:
         sent_logs = 0
         sent_partial: bytes | None = None
         while True:
+            if view.job is not None and view.job.status is Status.COMPLETED:
+                # COMPLETED is set only once the outcome is committed (possibly before this
+                # stream's first event): the final status comes from the store.
+                view = _View(None, await platform.store.get_request(view.job.id))
             changed = view.job.changed() if view.job is not None else None
             body = await _status_body(request, view, with_logs, sent_logs)
             sent_logs += len(body["logs"] or [])
@@ -155,12 +159,6 @@ async def status_stream(request: Request) -> Response:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
-            job = view.job
-            assert job is not None
-            # COMPLETED is set only once the outcome is committed: read it from the store.
-            if job.status is Status.COMPLETED:
-                record = await platform.store.get_request(job.id)
-                view = _View(None, record)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"cache-control": "no-store"})

@@ -75,6 +75,10 @@ class _RequestOutput(io.TextIOBase):
             ctx.log(rest, level=self._level)
 
 
+# The log levels the official clients declare: WARN, not WARNING; no CRITICAL.
+_CLIENT_LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
+
+
 class _RequestLogHandler(logging.Handler):
     def __init__(self, fallback: Any):
         super().__init__()
@@ -86,7 +90,7 @@ class _RequestLogHandler(logging.Handler):
         if ctx is None:
             self._fallback.write(message + "\n")
         else:
-            ctx.log(message, level=record.levelname)
+            ctx.log(message, level=_CLIENT_LEVELS.get(record.levelname, record.levelname))
 
 
 class Runner:
@@ -200,7 +204,7 @@ class Runner:
                 raise
             return 499, b'{"detail":"Request cancelled","error_type":"client_cancelled"}', {}
         except Exception as exc:
-            ctx.log(traceback.format_exc(), level="ERROR", source="runner")
+            ctx.log(traceback.format_exc(), level="ERROR")
             if _is_device_failure(exc):
                 return 503, pydantic_core.to_json(
                     {"detail": f"Runner unhealthy: {exc}", "error_type": "runner_unhealthy"}), {}
