@@ -27,6 +27,18 @@ def test_runner_crash_mid_request_is_retried_on_a_new_runner(
     assert result["request_id"] == handle["request_id"]
 
 
+def test_every_attempt_id_leads_to_its_request(client: httpx.Client, tmp_path: Path) -> None:
+    handle = submit(client, "openfal/work", {"fail": "crash", "marker_dir": str(tmp_path)})
+    wait_done(client, handle)
+    attempts = client.get(f"/api/requests/{handle['request_id']}/attempts").json()["attempts"]
+    assert len(attempts) == 2
+    for attempt in attempts:
+        by_attempt = handle["status_url"].replace(handle["request_id"], attempt["attempt_id"])
+        status = client.get(by_attempt)
+        assert status.status_code == 200
+        assert status.json()["request_id"] == handle["request_id"]
+
+
 def test_runner_killed_from_outside_mid_request_is_retried(client: httpx.Client) -> None:
     handle = submit(client, "openfal/work", {"seconds": 3, "steps": 30, "message": "victim"})
 
