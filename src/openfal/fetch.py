@@ -94,7 +94,7 @@ def check_url(url: str) -> None:
     if url.startswith("data:"):
         parse_data_uri(url)
         return
-    parsed = urllib.parse.urlsplit(url)
+    parsed, _ = _split(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise FetchError("must be an http(s) URL or a data URI")
 
@@ -102,10 +102,20 @@ def check_url(url: str) -> None:
 def check_public_url(url: str, policy: NetworkPolicy = PUBLIC_ONLY) -> None:
     """Refuse a URL openfal must not call on a caller's behalf (e.g. a webhook target):
     not http(s), or a host that is or resolves to a refused address."""
-    parsed = urllib.parse.urlsplit(url)
+    parsed, port = _split(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise FetchError("must be an http(s) URL")
-    resolve_permitted(parsed.hostname, parsed.port or _default_port(parsed.scheme), policy)
+    resolve_permitted(parsed.hostname, port or _default_port(parsed.scheme), policy)
+
+
+def _split(url: str) -> tuple[urllib.parse.SplitResult, int | None]:
+    """``url`` in parts, and its port; FetchError where urllib cannot read it (a broken
+    IPv6 literal, a port that is not a number up to 65535)."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        return parsed, parsed.port
+    except ValueError as exc:
+        raise FetchError(f"not a valid URL: {exc}") from None
 
 
 def resolve_permitted(host: str, port: int, policy: NetworkPolicy) -> str:
@@ -132,18 +142,21 @@ def pinned_request(client: httpx.Client | httpx.AsyncClient, method: str, url: s
                    policy: NetworkPolicy, **kwargs) -> httpx.Request:
     """A request for ``url`` that connects to a checked address of its host, not to
     whatever the name resolves to later; TLS still checks the certificate for the name."""
-    parsed = urllib.parse.urlsplit(url)
+    parsed, port = _split(url)
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise FetchError(f"refused to fetch {url}: only http(s) URLs")
     host = parsed.hostname
-    address = resolve_permitted(host, parsed.port or _default_port(parsed.scheme), policy)
+    address = resolve_permitted(host, port or _default_port(parsed.scheme), policy)
     netloc = f"[{address}]" if ":" in address else address
-    if parsed.port:
-        netloc += f":{parsed.port}"
+    if port:
+        netloc += f":{port}"
     headers = {"host": parsed.netloc.rpartition("@")[2], **kwargs.pop("headers", {})}
-    return client.build_request(
-        method, parsed._replace(netloc=netloc).geturl(), headers=headers,
-        extensions={"sni_hostname": host}, **kwargs)
+    try:
+        return client.build_request(
+            method, parsed._replace(netloc=netloc).geturl(), headers=headers,
+            extensions={"sni_hostname": host}, **kwargs)
+    except httpx.InvalidURL as exc:
+        raise FetchError(f"not a valid URL: {exc}") from None
 
 
 def data_uri(data: bytes, content_type: str) -> str:

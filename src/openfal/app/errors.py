@@ -66,7 +66,12 @@ class RequestCancelled(Exception):
 
 def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic errors as JSON-safe ``detail`` items located in the request body."""
-    items = pydantic_core.from_json(exc.json(include_url=False))
+    try:
+        raw = exc.json(include_url=False)
+    except ValueError:
+        # A body that is not UTF-8 cannot be echoed back as the error's input.
+        raw = exc.json(include_url=False, include_input=False)
+    items = pydantic_core.from_json(raw)
     for item in items:
         item["loc"] = ["body", *item.get("loc", [])]
     return items

@@ -15,6 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from openfal.gateway import (
     key_routes,
+    openapi_routes,
     platform_routes,
     queue,
     realtime,
@@ -53,6 +54,7 @@ def route(path: str, handler: Handler, methods: list[str], access: Access) -> Ro
 ROUTES = [
     route("/health", platform_routes.health, ["GET"], P),
     route("/.well-known/jwks.json", webhook_routes.jwks, ["GET"], P),
+    route("/openapi.json", openapi_routes.ServerDocument(ACCESS), ["GET"], K),
     route("/api/apps", platform_routes.apps, ["GET"], K),
     route("/api/runners", platform_routes.runners, ["GET"], A),
     route("/api/keys", key_routes.list_keys, ["GET"], A),

@@ -98,6 +98,6 @@ def max_queue_length(request: Request) -> int | None:
     raw = request.query_params.get("fal_max_queue_length")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # isdigit alone lets "²" through to int()
         raise field_error(["query", "fal_max_queue_length"], "must be a non-negative integer")
     return int(raw)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict
 
@@ -78,9 +79,12 @@ def _time_param(request: Request, name: str, default: float) -> float:
     if raw is None:
         return default
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
-        raise field_error(["query", name], "must be a Unix time in seconds") from None
+        seconds = math.nan
+    if not math.isfinite(seconds):  # NaN and infinities have no JSON form to answer with
+        raise field_error(["query", name], "must be a Unix time in seconds")
+    return seconds
 
 
 async def usage(request: Request) -> Response:

@@ -75,7 +75,7 @@ T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
 
-class _InitiateBody(BaseModel):
+class InitiateBody(BaseModel):
     content_type: str | None = None
     file_name: str | None = None
 
@@ -120,7 +120,7 @@ async def initiate(request: Request) -> Response:
     ``upload_url``, or parts under it and a completion."""
     platform = _platform(request)
     expires_at = _expires_at(request, platform)
-    body = await _json_body(request, platform, _InitiateBody)
+    body = await _json_body(request, platform, InitiateBody)
     content_type = _content_type(body.content_type)
     file_name = _file_name(body.file_name, content_type)
     upload = await _storage(platform.files.create_multipart, file_name=file_name,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import urllib.parse
 from typing import Any
 
 from openfal import fetch
@@ -30,10 +29,6 @@ def check_target(url: str, policy: fetch.NetworkPolicy) -> None:
         raise InvalidTarget(f"must be at most {MAX_URL_LENGTH} characters")
     if any(c.isspace() or not c.isprintable() for c in url):
         raise InvalidTarget("is not a valid URL: it contains spaces or control characters")
-    try:
-        urllib.parse.urlsplit(url).port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError as exc:
-        raise InvalidTarget(f"is not a valid URL: {exc}") from None
     try:
         fetch.check_public_url(url, policy)
     except fetch.FetchError as exc:
