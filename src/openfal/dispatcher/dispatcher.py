@@ -93,14 +93,14 @@ class Dispatcher:
         for record in await self.store.unfinished():
             job = Job.from_record(record)
             if record.app_id not in self.pools:
-                await self._finish(job, failure(
+                self._finish(job, failure(
                     404, f"App {record.app_id} is no longer served", "app_not_found"))
                 continue
             if record.status is Status.IN_PROGRESS:
                 # Its runner went down with the previous server process.
                 self.store.end_attempt(job.id, job.attempts, now, "lost", "runner_disconnected")
                 if not job.may_retry():
-                    await self._finish(job, failure(
+                    self._finish(job, failure(
                         503, "The runner stopped while serving the request",
                         "runner_disconnected"))
                     continue
@@ -148,7 +148,7 @@ class Dispatcher:
             return CancelResult.ALREADY_COMPLETED
         job.cancel_requested = True
         if self.pools[job.app_id].remove(job):
-            self._finish_soon(job, cancelled())
+            self._finish(job, cancelled())
         elif job.attempt is not None:
             attempt = job.attempt
             attempt.runner.send({"t": "cancel", "id": job.id})
@@ -286,7 +286,7 @@ class Dispatcher:
                 outcome.status)
             outcome.error = _body_detail(outcome.body)
             outcome.headers.setdefault("x-fal-error-type", outcome.error_type)
-        self._finish_soon(job, outcome)
+        self._finish(job, outcome)
 
     def _on_setup_failure(self, pool: AppPool, setup: SetupFailed) -> None:
         if setup.answer is not None:
@@ -298,7 +298,7 @@ class Dispatcher:
             outcome = failure(503, f"No runner could be started for {pool.app.app_id}: {setup}",
                               "runner_scheduling_failure")
         for job in pool.take_waiting():
-            self._finish_soon(job, outcome)
+            self._finish(job, outcome)
 
     # Start deadlines (X-Fal-Request-Timeout)
     def _arm_start_deadline(self, job: Job) -> None:
@@ -315,15 +315,13 @@ class Dispatcher:
         if job.finished or job.attempt is not None:
             return
         self.pools[job.app_id].remove(job)
-        self._finish_soon(job, failure(
+        self._finish(job, failure(
             504, "The request did not start before its X-Fal-Request-Timeout",
             "request_timeout", {"x-fal-request-timeout-type": "user"}))
 
     # Outcomes
-    def _finish_soon(self, job: Job, outcome: Outcome) -> None:
-        self._spawn(self._finish(job, outcome))
-
-    async def _finish(self, job: Job, outcome: Outcome) -> None:
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        """End a job: a direct one at once, a queued one once its outcome is committed."""
         if job.finished:
             return
         job.finished = True
@@ -331,12 +329,20 @@ class Dispatcher:
             job.deadline_timer.cancel()
         finished_at = time.time()
         if job.mode is Mode.QUEUE:
-            webhook = webhook_target(job.options, job.key_id)
-            await self.store.complete(job.id, outcome, finished_at, webhook)
-            if webhook is not None:
-                self.on_webhook_queued()
-        elif job.recorded:
+            self._spawn(self._commit(job, outcome, finished_at))
+            return
+        if job.recorded:
             self.store.add_request(self._direct_record(job, outcome, finished_at))
+        self._publish(job, outcome)
+
+    async def _commit(self, job: Job, outcome: Outcome, finished_at: float) -> None:
+        webhook = webhook_target(job.options, job.key_id)
+        await self.store.complete(job.id, outcome, finished_at, webhook)
+        if webhook is not None:
+            self.on_webhook_queued()
+        self._publish(job, outcome)
+
+    def _publish(self, job: Job, outcome: Outcome) -> None:
         job.status = Status.COMPLETED
         self.jobs.pop(job.id, None)
         job.notify()
