@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +53,6 @@ BODY = json.dumps({"prompt": PROMPT}).encode()
 JSON_HEADERS = {"content-type": "application/json"}
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
-CONNECT_RETRY_INTERVAL = 0.01
 TAG_VARIABLE = "OPENFAL_BENCH_TAG"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NPROC = len(os.sched_getaffinity(0))
@@ -71,8 +70,7 @@ async def _baseline_echo(request: Request) -> JSONResponse:
 def serve_baseline() -> None:
     """Serve the bare echo endpoint the way openfal serves its gateway, until SIGTERM."""
     app = Starlette(routes=[Route("/echo", _baseline_echo, methods=["POST"])])
-    sock = bind("127.0.0.1", 0)
-    sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
+    sock = bind("127.0.0.1", 0)  # listening already: early connections wait in the backlog
     print(f"baseline listening on http://127.0.0.1:{sock.getsockname()[1]}", flush=True)
     config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
                             access_log=False)
@@ -89,6 +87,7 @@ class ServerProcess:
         self.argv = argv
         self.tag = uuid.uuid4().hex
         self.url = ""
+        self.headers: dict[str, str] = {}  # sent with every request to this server
         self.output: list[str] = []
         self.proc: subprocess.Popen[str] | None = None
 
@@ -159,16 +158,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
 
 
-def _machine_busy_seconds() -> float:
-    """CPU seconds all processes on this machine have used, summed over its cores."""
-    user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-        int, Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
-    return (user + nice + system + irq + softirq + steal) / CLOCK_TICKS
+def _processes_busy_seconds() -> float:
+    """CPU seconds all processes on this machine have used (interrupts aside), summed over
+    its cores."""
+    user, nice, system = map(int, Path("/proc/stat").read_text().split(maxsplit=4)[1:4])
+    return (user + nice + system) / CLOCK_TICKS
 
 
 @dataclass
 class Usage:
-    """CPU seconds used by a server, its runners, this load generator and everything else."""
+    """CPU seconds used by a server, its runners, this load generator and other processes."""
 
     server: float = 0.0
     runners: float = 0.0
@@ -187,7 +186,7 @@ class Usage:
                 usage.server += seconds
             else:
                 usage.runners += seconds
-        usage.others = _machine_busy_seconds() - usage.server - usage.runners - usage.client
+        usage.others = _processes_busy_seconds() - usage.server - usage.runners - usage.client
         return usage
 
     def __sub__(self, earlier: Usage) -> Usage:
@@ -311,10 +310,11 @@ class Bench:
     points: list[Point] = field(default_factory=list)
 
     async def measure(self, scenario: str, server: ServerProcess, concurrency: int,
-                      operation: Operation, has_runners: bool = True) -> Point:
+                      operation: Operation, has_runners: bool = True) -> None:
         connector = aiohttp.TCPConnector(limit=concurrency)
         timeout = aiohttp.ClientTimeout(total=60)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout,
+                                         headers=server.headers) as session:
             await drive(session, operation, concurrency, self.warmup)
             before = Usage.sample(server)
             run = await drive(session, operation, concurrency, self.duration)
@@ -326,54 +326,52 @@ class Bench:
         print(f"  {scenario:<22} {server.name:<9} c={concurrency:<4} "
               f"{point.throughput:8.0f} req/s  p50 {point.percentile_ms(0.5):7.2f} ms",
               flush=True)
-        return point
 
     def find(self, scenario: str, target: str, concurrency: int) -> Point:
         return next(p for p in self.points if (p.scenario, p.target, p.concurrency)
                     == (scenario, target, concurrency))
 
 
-async def first_echo(url: str) -> None:
-    """One direct run, which returns once the echo app's runner is up and has served it.
-
-    openfal announces its URL from its lifespan, before uvicorn listens on the bound socket,
-    so a connection refused right after the announcement is retried. Nothing tells when the
-    socket starts listening; hence the short retry interval rather than an awaited event.
-    """
-    deadline = time.monotonic() + START_TIMEOUT
-    async with aiohttp.ClientSession() as session:
-        while True:
-            try:
-                async with session.post(f"{url}/{ECHO}", data=BODY,
-                                        headers=JSON_HEADERS) as response:
-                    body = await response.json()
-                    break
-            except aiohttp.ClientConnectorError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(CONNECT_RETRY_INTERVAL)
-    if response.status != 200 or body != {"text": PROMPT}:
-        raise RuntimeError(f"echo answered {response.status}: {body}")
+async def first_echo(server: ServerProcess) -> None:
+    """One direct run, which returns once the echo app's runner is up and has served it."""
+    async with aiohttp.ClientSession(headers=server.headers) as session, session.post(
+            f"{server.url}/{ECHO}", data=BODY, headers=JSON_HEADERS) as response:
+        body = await response.json()
+        if response.status != 200 or body != {"text": PROMPT}:
+            raise RuntimeError(f"echo answered {response.status}: {body}")
 
 
 async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
                   queue: QueueClient, queue_concurrency: int) -> float:
     """Measure every point; return the rate at which the queue completed requests while
     they were submitted as fast as it accepted them."""
-    await first_echo(openfal.url)
+    await first_echo(openfal)
     for concurrency in DIRECT_CONCURRENCY:
         await bench.measure("direct run", baseline, concurrency, direct(f"{baseline.url}/echo"),
                             has_runners=False)
         await bench.measure("direct run", openfal, concurrency, direct(f"{openfal.url}/{ECHO}"))
     for concurrency in (1, queue_concurrency):
+        queue.trips = queue.polls = 0  # so that they count the last point's round trips
         await bench.measure("queued round trip", openfal, concurrency, queue.round_trip)
     accepted, started = queue.accepted, time.perf_counter()
     await bench.measure("queue submit only", openfal, queue_concurrency, queue.submit_only)
     return (queue.accepted - accepted - queue.backlog) / (time.perf_counter() - started)
 
 
+def openfal_server(data_dir: Path) -> ServerProcess:
+    """``openfal serve`` as deployed (API keys on), without the per-key limit on running
+    requests, so that the load generator's concurrency reaches the app."""
+    return ServerProcess("openfal", [sys.executable, "-m", "openfal", "serve", "--port", "0",
+                                     "--data-dir", str(data_dir), "--key-concurrency", "0"])
+
+
+def admin_key(data_dir: Path) -> str:
+    """The first ADMIN key, which a server starting on an empty data dir writes there."""
+    return (data_dir / "admin.key").read_text().strip()
+
+
 def stored_queue_requests(data_dir: Path) -> int:
-    with sqlite3.connect(data_dir / "openfal.db") as conn:
+    with closing(sqlite3.connect(data_dir / "openfal.db")) as conn:
         return conn.execute("SELECT count(*) FROM requests WHERE mode = 'queue'").fetchone()[0]
 
 
@@ -397,7 +395,7 @@ def _cpu_columns(point: Point) -> list[str]:
 def results_section(bench: Bench) -> Section:
     headers = ["scenario", "target", "conc.", "requests", "errors", "req/s", "p50 ms", "p99 ms",
                "server CPU µs/req", "runner CPU µs/req", "client CPU µs/req",
-               "other load"]
+               "other processes' CPU"]
     rows = [[p.scenario, p.target, str(p.concurrency), str(p.completed), str(p.run.errors),
              f"{p.throughput:.0f}", f"{p.percentile_ms(0.5):.2f}", f"{p.percentile_ms(0.99):.2f}",
              *_cpu_columns(p)]
@@ -436,7 +434,8 @@ def queue_section(bench: Bench, queue: QueueClient, processed: float, stored: in
          f"{trip.throughput / direct_base.throughput:.2f}"],
         [f"submits accepted/s at c={concurrency}", f"{submit.throughput:.0f}"],
         ["  requests completed/s meanwhile (≈ accepted - backlog left)", f"{processed:.0f}"],
-        ["status polls per round trip", f"{queue.polls / max(1, queue.trips):.1f}"],
+        [f"status polls per round trip at c={concurrency}",
+         f"{queue.polls / max(1, queue.trips):.1f}"],
         ["queue requests acknowledged / found in the store after shutdown",
          f"{queue.accepted} / {stored}"],
     ]
@@ -487,8 +486,8 @@ def environment() -> list[str]:
             f"aiohttp {aiohttp.__version__}, uvloop {uvloop.__version__}"]
 
 
-def render_text(intro: list[str], sections: list[Section]) -> str:
-    lines = [*intro]
+def render_text(sections: list[Section]) -> str:
+    lines: list[str] = []
     for section in sections:
         widths = [max(len(row[i]) for row in [section.headers, *section.rows])
                   for i in range(len(section.headers))]
@@ -536,9 +535,8 @@ def bench_main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="openfal-bench-") as tmp:
         data_dir = Path(tmp)
         with running(ServerProcess("baseline", [sys.executable, __file__, "--serve-baseline"])
-                     ) as baseline, running(ServerProcess("openfal", [
-                         sys.executable, "-m", "openfal", "serve", "--port", "0",
-                         "--data-dir", str(data_dir)])) as openfal:
+                     ) as baseline, running(openfal_server(data_dir)) as openfal:
+            openfal.headers = {"authorization": f"Key {admin_key(data_dir)}"}
             queue = QueueClient(openfal.url, args.poll_interval)
             processed = uvloop.run(run_all(bench, baseline, openfal, queue,
                                            args.queue_concurrency))
@@ -546,7 +544,7 @@ def bench_main(args: argparse.Namespace) -> None:
     sections = [results_section(bench), direct_section(bench),
                 queue_section(bench, queue, processed, stored, args.queue_concurrency),
                 goals_section(bench, args.queue_concurrency)]
-    print(render_text([], sections), end="")
+    print(render_text(sections), end="")
     if args.markdown is not None:
         args.markdown.write_text(render_markdown(intro, sections))
 
