@@ -7,6 +7,8 @@ become 422 errors located at the field, as if validation had failed there.
 
 from __future__ import annotations
 
+import functools
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,23 @@ Loc = list[str | int]
 
 def fetch_inputs(model: BaseModel, scratch: Path) -> None:
     _walk_model(model, [], scratch)
+
+
+@functools.cache
+def may_hold_files(model: type[BaseModel]) -> bool:
+    """Whether inputs of ``model`` can carry anything :func:`fetch_inputs` fetches; worked
+    out once per model, so requests without files skip the scratch folder altogether."""
+    return any(name.endswith(("_url", "_urls")) or _type_holds_files(field.annotation)
+               for name, field in model.model_fields.items())
+
+
+def _type_holds_files(annotation: Any) -> bool:
+    if isinstance(annotation, type):
+        if issubclass(annotation, File | FileUrl):
+            return True
+        if issubclass(annotation, BaseModel):
+            return may_hold_files(annotation)
+    return any(_type_holds_files(arg) for arg in typing.get_args(annotation))
 
 
 def _walk_model(model: BaseModel, loc: Loc, scratch: Path) -> None:

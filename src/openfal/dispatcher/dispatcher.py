@@ -16,7 +16,7 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +28,10 @@ from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status, S
 from openfal.webhooks.targets import webhook_target
 
 log = logging.getLogger(__name__)
+
+# Just-finished queued requests kept in memory (see Dispatcher._remember).
+RECENT_LIMIT = 4096
+RECENT_MAX_BYTES = 256 * 1024
 
 # Runner answers that mean "this runner is unwell, try another": the hosted platform's rule.
 _RETRY_STATUSES = {503, 504}
@@ -65,6 +69,7 @@ class Dispatcher:
         self.pools: dict[str, AppPool] = {}
         # Running attempts per API key, for per-key concurrency limits.
         self.running_by_key: Counter[str] = Counter()
+        self.recent: OrderedDict[str, tuple[RequestRecord, list[LogEntry]]] = OrderedDict()
         self._background: set[asyncio.Task] = set()
         # Called once a finished request's webhook is committed (the delivery worker's wake).
         self.on_webhook_queued: Callable[[], None] = lambda: None
@@ -332,7 +337,7 @@ class Dispatcher:
             self._spawn(self._commit(job, outcome, finished_at))
             return
         if job.recorded:
-            self.store.add_request(self._direct_record(job, outcome, finished_at))
+            self.store.add_request(self._finished_record(job, outcome, finished_at))
         self._publish(job, outcome)
 
     async def _commit(self, job: Job, outcome: Outcome, finished_at: float) -> None:
@@ -340,7 +345,26 @@ class Dispatcher:
         await self.store.complete(job.id, outcome, finished_at, webhook)
         if webhook is not None:
             self.on_webhook_queued()
+        self._remember(self._finished_record(job, outcome, finished_at), job.logs)
         self._publish(job, outcome)
+
+    def _remember(self, record: RequestRecord, logs: list[LogEntry]) -> None:
+        """Keep a just-finished request in memory: its callers' last status poll and result
+        fetch, which come right after, then need no database read."""
+        if len(record.payload) + len(record.result_body or b"") > RECENT_MAX_BYTES:
+            return
+        self.recent[record.id] = (record, list(logs))
+        if len(self.recent) > RECENT_LIMIT:
+            self.recent.popitem(last=False)
+
+    def recently_finished(self, request_id: str) -> tuple[RequestRecord, list[LogEntry]] | None:
+        entry = self.recent.get(request_id)
+        if entry is None or entry[0].finished_at is None:
+            return None
+        if entry[0].finished_at < time.time() - self.retention_seconds:
+            del self.recent[request_id]
+            return None
+        return entry
 
     def _publish(self, job: Job, outcome: Outcome) -> None:
         job.status = Status.COMPLETED
@@ -350,7 +374,7 @@ class Dispatcher:
             job.done.set_result(outcome)
 
     @staticmethod
-    def _direct_record(job: Job, outcome: Outcome, finished_at: float) -> RequestRecord:
+    def _finished_record(job: Job, outcome: Outcome, finished_at: float) -> RequestRecord:
         record = job.to_record()
         record.status = Status.COMPLETED
         record.finished_at = finished_at

@@ -54,11 +54,14 @@ async def submit(request: Request) -> Response:
 
 
 class _View:
-    """A request as the status routes see it: live in the dispatcher, or from the store."""
+    """A request as the status routes see it: live in the dispatcher, or finished (from
+    the dispatcher's memory of recent results, with their logs, or from the store)."""
 
-    def __init__(self, job: Job | None, record: RequestRecord | None):
+    def __init__(self, job: Job | None, record: RequestRecord | None,
+                 logs: list[LogEntry] | None = None):
         self.job = job
         self.record = record
+        self.logs = logs
 
     @property
     def finished(self) -> bool:
@@ -73,6 +76,10 @@ async def _lookup(request: Request) -> _View:
     if job is not None and job.app_id == app_id and job.mode is Mode.QUEUE:
         ensure_visible(request, job.key_id)
         return _View(job, None)
+    recent = platform.dispatcher.recently_finished(request_id)
+    if recent is not None and recent[0].app_id == app_id:
+        ensure_visible(request, recent[0].key_id)
+        return _View(None, *recent)
     record = await platform.store.get_request(request_id)
     if record is None:
         # Each attempt's own id (gateway_request_id) leads to its request too.
@@ -106,10 +113,12 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
         return body
     record = view.record
     assert record is not None
-    logs: list[LogEntry] | None = await platform.store.get_logs(record.id) if with_logs else None
+    logs = view.logs
+    if with_logs and logs is None:
+        logs = await platform.store.get_logs(record.id)
     body = {"status": Status.COMPLETED.value, "request_id": record.id,
             **queue_urls(request, record.app_id, record.id),
-            "logs": [e.to_wire() for e in logs[logs_from:]] if logs is not None else None,
+            "logs": [e.to_wire() for e in (logs or [])[logs_from:]] if with_logs else None,
             "metrics": {"inference_time": record.inference_time}
             if record.inference_time is not None else {}}
     if record.error is not None or record.error_type is not None:

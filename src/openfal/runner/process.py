@@ -33,7 +33,7 @@ from openfal.app.app import App, EndpointSpec
 from openfal.app.context import RequestContext, current_request, set_current_request
 from openfal.app.encoding import decode_input, encode_output
 from openfal.app.errors import AppException, RequestCancelled, validation_detail
-from openfal.app.inputs import fetch_inputs
+from openfal.app.inputs import fetch_inputs, may_hold_files
 from openfal.app.loader import load_app
 from openfal.app.media import configure as configure_media
 from openfal.runner.environment import media_config_from_environment
@@ -185,13 +185,15 @@ class Runner:
         """Run the endpoint: (HTTP status, JSON body, response headers)."""
         if spec is None:
             return 404, b'{"detail":"Not Found"}', {}
-        scratch = Path(tempfile.mkdtemp(prefix="openfal-request-"))
+        scratch: Path | None = None
         try:
             args = []
             if spec.input_model is not None:
                 payload = decode_input(spec.input_model, body, ctx.encoding)
                 ctx.sync_mode = getattr(payload, "sync_mode", False) is True
-                await self.call(fetch_inputs, payload, scratch)
+                if may_hold_files(spec.input_model):
+                    scratch = Path(tempfile.mkdtemp(prefix="openfal-request-"))
+                    await self.call(fetch_inputs, payload, scratch)
                 args.append(payload)
             output = await self.call(getattr(self.app, spec.method_name), *args)
             return 200, encode_output(output, ctx.encoding), {}
@@ -211,7 +213,8 @@ class Runner:
             return (500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}',
                     {})
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
 
     async def drain_and_stop(self) -> None:
         tasks = [task for _, task in self.requests.values()]
