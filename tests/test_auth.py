@@ -13,9 +13,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import APPS, ServerProcess, wait_for
 from openfal.gateway.app import ACCESS
 from openfal.gateway.auth import Access
+
+from conftest import APPS, ServerProcess, wait_for
 
 APP_ARGS = [arg for name in ("Work", "Wait", "PublicEcho", "RealtimeEcho")
             for arg in ("--app", f"{APPS}::{name}")]

@@ -18,7 +18,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import ServerProcess
 from openfal.cli.client import (
     CLIError,
     StatusDisplay,
@@ -26,6 +25,8 @@ from openfal.cli.client import (
     download_files,
     file_objects,
 )
+
+from conftest import ServerProcess
 
 
 def openfal(*args: str, env: dict[str, str] | None = None,

@@ -36,8 +36,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from conftest import APPS
 from openfal.testing import ServerProcess
+
+from conftest import APPS
 
 FUZZED_APPS = ("Strict", "Work", "Media", "PublicEcho")
 # Work's root and /partials endpoints crash, fail or sleep when asked to.

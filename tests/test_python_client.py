@@ -35,6 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from apps.testapps import Work
+
 from conftest import APPS, ServerProcess
 
 CLIENTS_DIR = Path(__file__).parent / ".clients"

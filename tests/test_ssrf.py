@@ -15,7 +15,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from conftest import APPS
 from openfal.fetch import (
     FetchError,
     NetworkPolicy,
@@ -23,6 +22,8 @@ from openfal.fetch import (
     pinned_request,
     resolve_permitted,
 )
+
+from conftest import APPS
 
 
 class Target:

@@ -15,12 +15,13 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from conftest import ServerProcess, wait_for
 from openfal.files import FileTooLarge, InvalidParts, LocalFileStorage, NotFound
 from openfal.files.local import new_id, valid_id
 from openfal.files.signing import Signer
 from openfal.gateway.http import HTTPError
 from openfal.gateway.storage_routes import spool
+
+from conftest import ServerProcess, wait_for
 
 DATA = os.urandom(300_000) + b"tail"
 

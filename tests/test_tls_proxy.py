@@ -27,8 +27,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from conftest import APPS, ServerProcess
 from openfal.net.tls import ensure_tls
+
+from conftest import APPS, ServerProcess
 
 # Variables from the environment running the tests that would change where requests go.
 CLIENT_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",

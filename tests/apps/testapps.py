@@ -243,3 +243,17 @@ class PublicEcho(openfal.App):
     @openfal.endpoint("/")
     def run(self, input: ScaleInput) -> dict:
         return {"ok": True}
+
+
+class Warm(openfal.App):
+    """Always keeps one runner, up to two under load."""
+
+    app_name = "warm"
+    min_concurrency = 1
+    max_concurrency = 2
+    keep_alive = 0.5
+
+    @openfal.endpoint("/")
+    def run(self, input: WaitInput) -> dict:
+        time.sleep(input.seconds)
+        return {"pid": os.getpid()}
