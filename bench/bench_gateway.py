@@ -21,16 +21,13 @@ import json
 import math
 import os
 import platform
-import signal
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Awaitable, Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,15 +42,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from openfal.server import bind
+from openfal.testing import ServerProcess
 
 DIRECT_CONCURRENCY = (1, 16, 64)
 ECHO = "openfal/echo"
 PROMPT = "hello"
 BODY = json.dumps({"prompt": PROMPT}).encode()
 JSON_HEADERS = {"content-type": "application/json"}
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 15.0
-TAG_VARIABLE = "OPENFAL_BENCH_TAG"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NPROC = len(os.sched_getaffinity(0))
 
@@ -75,82 +70,6 @@ def serve_baseline() -> None:
     config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
                             access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
-
-
-# Server processes ------------------------------------------------------------------------
-
-class ServerProcess:
-    """A server in its own session, tagged so it and everything it spawns can be found."""
-
-    def __init__(self, name: str, argv: list[str]):
-        self.name = name
-        self.argv = argv
-        self.tag = uuid.uuid4().hex
-        self.url = ""
-        self.headers: dict[str, str] = {}  # sent with every request to this server
-        self.output: list[str] = []
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> ServerProcess:
-        env = {**os.environ, TAG_VARIABLE: self.tag}
-        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env, start_new_session=True)
-        ready = threading.Event()
-        threading.Thread(target=self._collect, args=(self.proc, ready), daemon=True).start()
-        if not ready.wait(START_TIMEOUT) or not self.url:
-            self.stop()
-            raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.output))
-        return self
-
-    def _collect(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            self.output.append(line)
-            if " listening on " in line and not self.url:
-                self.url = line.split()[-1]
-                ready.set()
-        ready.set()
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def tagged_pids(self) -> list[int]:
-        """This server and every process it started that is still alive."""
-        marker = f"{TAG_VARIABLE}={self.tag}".encode()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if marker in (entry / "environ").read_bytes().split(b"\0"):
-                        pids.append(int(entry.name))
-                except OSError:
-                    continue
-        return pids
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it lingers; then kill whatever it left behind."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        for pid in self.tagged_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                continue
-
-
-@contextmanager
-def running(server: ServerProcess) -> Iterator[ServerProcess]:
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -361,8 +280,7 @@ async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
 def openfal_server(data_dir: Path) -> ServerProcess:
     """``openfal serve`` as deployed (API keys on), without the per-key limit on running
     requests, so that the load generator's concurrency reaches the app."""
-    return ServerProcess("openfal", [sys.executable, "-m", "openfal", "serve", "--port", "0",
-                                     "--data-dir", str(data_dir), "--key-concurrency", "0"])
+    return ServerProcess(data_dir, ["--key-concurrency", "0"])
 
 
 def admin_key(data_dir: Path) -> str:
@@ -534,8 +452,9 @@ def bench_main(args: argparse.Namespace) -> None:
     print("\n".join(intro), flush=True)
     with tempfile.TemporaryDirectory(prefix="openfal-bench-") as tmp:
         data_dir = Path(tmp)
-        with running(ServerProcess("baseline", [sys.executable, __file__, "--serve-baseline"])
-                     ) as baseline, running(openfal_server(data_dir)) as openfal:
+        baseline_server = ServerProcess(data_dir / "baseline", [], name="baseline",
+                                        command=[sys.executable, __file__, "--serve-baseline"])
+        with baseline_server as baseline, openfal_server(data_dir) as openfal:
             openfal.headers = {"authorization": f"Key {admin_key(data_dir)}"}
             queue = QueueClient(openfal.url, args.poll_interval)
             processed = uvloop.run(run_all(bench, baseline, openfal, queue,

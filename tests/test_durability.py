@@ -19,7 +19,7 @@ def test_kill_9_of_server_loses_no_request(start_server, tmp_path) -> None:
                              for h in handles) >= 2, what="requests to start")
     server.kill()
     # Its runners notice the gateway is gone and stop: nothing keeps running the requests.
-    wait_for(lambda: not server.leftover_pids(), timeout=10, what="runners to exit")
+    wait_for(lambda: not server.tagged_pids(), timeout=10, what="runners to exit")
 
     restarted = start_server(*WORK_APP, data_dir=server.data_dir, port=server.port)
     with restarted.client() as client:

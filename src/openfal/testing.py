@@ -30,7 +30,8 @@ class ServerProcess:
     """
 
     def __init__(self, data_dir: Path, args: list[str], port: int = 0,
-                 command: list[str] | None = None):
+                 command: list[str] | None = None, name: str = "openfal"):
+        self.name = name
         self.data_dir = data_dir
         self.args = args
         self.port = port
@@ -38,6 +39,7 @@ class ServerProcess:
         self.tag = uuid.uuid4().hex
         self.url = ""
         self.output: list[str] = []
+        self.headers: dict[str, str] = {}  # for callers to send with every request
         self.proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> ServerProcess:
@@ -59,14 +61,14 @@ class ServerProcess:
         threading.Thread(target=self._collect, args=(self.proc, ready), daemon=True).start()
         if not ready.wait(START_TIMEOUT) or not self.url:
             self.kill()
-            raise RuntimeError("server did not start:\n" + "".join(self.output))
+            raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.output))
         return self
 
     def _collect(self, proc: subprocess.Popen[str], ready: threading.Event) -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.output.append(line)
-            if line.startswith("openfal listening on "):
+            if " listening on " in line and not self.url:
                 self.url = line.split()[-1]
                 self.port = int(self.url.rsplit(":", 1)[1])
                 ready.set()
@@ -76,6 +78,11 @@ class ServerProcess:
     def admin_key(self) -> str:
         """The ADMIN key a server with auth made on first start."""
         return (self.data_dir / "admin.key").read_text().strip()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
 
     def client(self, **kwargs) -> httpx.Client:
         kwargs.setdefault("timeout", 30)
@@ -96,7 +103,7 @@ class ServerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def leftover_pids(self) -> list[int]:
+    def tagged_pids(self) -> list[int]:
         """Processes that still carry this server's tag (runners included)."""
         pids = []
         marker = f"{TAG_VARIABLE}={self.tag}".encode()
@@ -110,6 +117,6 @@ class ServerProcess:
         return pids
 
     def reap_leftovers(self) -> None:
-        for pid in self.leftover_pids():
+        for pid in self.tagged_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
