@@ -285,16 +285,14 @@ def _quoted(etag: str) -> str:
 # Authorization
 def _require_token(request: Request, platform: Platform) -> None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not platform.signer.token_valid(token.strip(),
-                                                                          time.time()):
+    if scheme.lower() != "bearer" or not platform.signer.token_valid(token.strip(), time.time()):
         raise HTTPError(401, "A valid storage token is required: POST /storage/auth/token",
                         "unauthorized", {"www-authenticate": "Bearer"})
 
 
 def _signed_upload_id(request: Request, platform: Platform) -> str:
     upload_id: str = request.path_params["upload_id"]
-    if not platform.signer.verify(UPLOAD, upload_id,
-                                       request.query_params.get("signature")):
+    if not platform.signer.verify(UPLOAD, upload_id, request.query_params.get("signature")):
         raise HTTPError(403, "The upload URL's signature is missing or wrong",
                         "invalid_signature")
     return upload_id
