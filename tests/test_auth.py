@@ -243,3 +243,23 @@ def test_usage_totals_match_the_requests(start_server) -> None:
     edit = next(r for r in usage if r["endpoint_id"] == "openfal/work/edit")
     assert edit["key_id"] == server.admin_key.split(":")[0]
     assert edit["requests"] == 2
+
+
+def test_realtime_messages_count_against_the_key_limit(secured: ServerProcess,
+                                                       keys: dict[str, str]) -> None:
+    import msgpack
+    from websockets.sync.client import connect
+
+    limited = auth(keys["limited"])
+    url = secured.url.replace("http", "ws") + "/openfal/realtime-echo/realtime"
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        long = [client.post("/queue/openfal/work", json={"seconds": 3, "steps": 30},
+                            headers=limited).json() for _ in range(2)]
+        wait_for(lambda: all(client.get(h["status_url"], headers=limited).json()["status"]
+                             == "IN_PROGRESS" for h in long), what="both slots in use")
+        with connect(url, additional_headers=limited) as ws:
+            ws.send(msgpack.packb({"n": 1}))
+            frame = ws.recv(timeout=30)
+        for handle in long:
+            client.put(handle["cancel_url"], headers=limited)
+    assert isinstance(frame, str) and "CONCURRENCY_LIMIT" in frame

@@ -229,10 +229,11 @@ class Dispatcher:
             retry = _needs_retry(status, headers)
             outcome = Outcome(status=status, body=body, headers=headers,
                               inference_time=time.time() - attempt.started_at)
-            self._end_attempt(attempt, outcome, retry)
             if status == 503 and retry:
-                # The runner says it is unhealthy: replace it.
+                # The runner says it is unhealthy: replace it (before anything is placed
+                # on it again, the retry of this request included).
                 runner.kill()
+            self._end_attempt(attempt, outcome, retry)
             pool = self.pools[job.app_id]
             pool.watch_idle(runner)
             pool.pump()
@@ -342,7 +343,17 @@ class Dispatcher:
 
     async def _commit(self, job: Job, outcome: Outcome, finished_at: float) -> None:
         webhook = webhook_target(job.options, job.key_id)
-        await self.store.complete(job.id, outcome, finished_at, webhook)
+        failures = 0
+        while True:
+            try:
+                await self.store.complete(job.id, outcome, finished_at, webhook)
+                break
+            except Exception:
+                # The outcome must be stored before anyone is told (disk full, say): keep
+                # trying; until then the request still reads as in progress.
+                failures += 1
+                log.exception("storing the outcome of %s failed (%d)", job.id, failures)
+                await asyncio.sleep(min(2.0 ** failures, 30.0))
         if webhook is not None:
             self.on_webhook_queued()
         self._remember(self._finished_record(job, outcome, finished_at), job.logs)
@@ -390,9 +401,14 @@ class Dispatcher:
     async def _purge_loop(self) -> None:
         interval = min(3600.0, max(1.0, self.retention_seconds / 10))
         while True:
-            removed = await self.store.purge_finished_before(time.time() - self.retention_seconds)
-            if removed:
-                log.info("removed %d requests past their retention", removed)
+            try:
+                removed = await self.store.purge_finished_before(
+                    time.time() - self.retention_seconds)
+            except Exception:
+                log.exception("retention purge failed; trying again later")
+            else:
+                if removed:
+                    log.info("removed %d requests past their retention", removed)
             await asyncio.sleep(interval)
 
     def _spawn(self, coro: Any) -> None:

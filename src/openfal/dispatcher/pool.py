@@ -156,7 +156,12 @@ class AppPool:
         self.setup_failures = 0
         self.watch_idle(runner)
         self.pump()
-        await runner.serve(self._on_message)
+        try:
+            await runner.serve(self._on_message)
+        except Exception:
+            log.exception("%s: lost runner %s", self.app.app_id, runner.id)
+        # Whatever ended it (short of shutting down), its requests end or are retried.
+        runner.kill()
         self.runners.pop(runner.id, None)
         self._on_exit(runner)
         self.pump()

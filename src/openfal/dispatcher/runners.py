@@ -119,7 +119,8 @@ class RunnerHandle:
         self.send({"t": "stop"})
 
     def kill(self) -> None:
-        """Stop the process and everything it started, now."""
+        """Stop the process and everything it started, now. It takes no more work."""
+        self.draining = True
         if self.pid is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.pid, signal.SIGKILL)

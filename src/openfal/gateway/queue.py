@@ -94,6 +94,11 @@ async def _lookup(request: Request) -> _View:
         job = platform.dispatcher.jobs.get(request_id)
         if job is not None:
             return _View(job, None)
+        # It finished while the store was being read.
+        recent = platform.dispatcher.recently_finished(request_id)
+        if recent is not None:
+            return _View(None, *recent)
+        record = await platform.store.get_request(request_id) or record
     return _View(None, record)
 
 
@@ -175,10 +180,9 @@ async def status_stream(request: Request) -> Response:
 
 async def result(request: Request) -> Response:
     view = await _lookup(request)
-    if not view.finished:
-        raise HTTPError(400, "Request is still in progress", "request_in_progress")
     record = view.record
-    assert record is not None and record.result_status is not None
+    if record is None or record.result_status is None:
+        raise HTTPError(400, "Request is still in progress", "request_in_progress")
     headers = {"x-fal-request-id": record.id, **record.result_headers}
     return Response(record.result_body, record.result_status, headers,
                     media_type="application/json")

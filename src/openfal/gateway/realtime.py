@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.auth import tokens
+from openfal.auth.keys import Principal
 from openfal.dispatcher.jobs import Job, Priority
 from openfal.gateway.auth import identify
 from openfal.gateway.http import HTTPError
@@ -43,6 +44,7 @@ async def session(websocket: WebSocket) -> None:
     await websocket.accept()
     if not await _authorized(websocket, platform, app):
         return
+    caller = identify(websocket)
     assert spec.realtime is not None and spec.input_model is not None
     timeout = spec.realtime.session_timeout
     try:
@@ -55,7 +57,7 @@ async def session(websocket: WebSocket) -> None:
                 return
             if message["type"] == "websocket.disconnect":
                 return
-            await _answer(websocket, platform, app, spec, message)
+            await _answer(websocket, platform, app, spec, message, caller)
     except WebSocketDisconnect:
         return
 
@@ -88,7 +90,7 @@ def _decode(message: dict[str, Any]) -> Any:
 
 
 async def _answer(websocket: WebSocket, platform: Platform, app: ServedApp, spec: Any,
-                  message: dict[str, Any]) -> None:
+                  message: dict[str, Any], caller: Principal | None) -> None:
     try:
         value = _decode(message)
         spec.input_model.model_validate(value)
@@ -98,9 +100,16 @@ async def _answer(websocket: WebSocket, platform: Platform, app: ServedApp, spec
     except ValueError as exc:
         await _send_error(websocket, "INVALID_MESSAGE", f"not msgpack or JSON: {exc}")
         return
+    key_id = caller.key_id if caller is not None else None
+    limit = caller.max_concurrency if caller is not None else None
+    if limit is not None and platform.dispatcher.running_for(key_id) >= limit:
+        await _send_error(websocket, "CONCURRENCY_LIMIT",
+                          f"this key already has {limit} requests running")
+        return
     job = platform.dispatcher.new_job(
         app, spec.path, msgpack.packb(value, use_bin_type=True),
-        forwarded_headers(websocket), Mode.DIRECT, Priority.DIRECT, {})
+        forwarded_headers(websocket), Mode.DIRECT, Priority.DIRECT,
+        {} if limit is None else {"key_limit": limit}, key_id)
     job.encoding = "msgpack"
     job.recorded = False
     job.partials = asyncio.Queue()

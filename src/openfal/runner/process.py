@@ -75,6 +75,9 @@ class _RequestOutput(io.TextIOBase):
             ctx.log(rest, level=self._level)
 
 
+_SERVER_ERROR = (500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}',
+                 {})
+
 # The log levels the official clients declare: WARN, not WARNING; no CRITICAL.
 _CLIENT_LEVELS = {"WARNING": "WARN", "CRITICAL": "ERROR"}
 
@@ -172,6 +175,10 @@ class Runner:
         spec = self.app_cls.endpoints().get(path)
         try:
             status, payload, headers = await self.invoke(ctx, spec, body)
+        except Exception:
+            # Every request gets an answer, even when reporting its failure failed.
+            ctx.log(traceback.format_exc(), level="ERROR")
+            status, payload, headers = _SERVER_ERROR
         finally:
             self.stdout.finish(ctx)
             self.stderr.finish(ctx)
@@ -202,16 +209,17 @@ class Runner:
         except AppException as exc:
             return exc.status_code, pydantic_core.to_json(exc.to_body()), exc.headers
         except (RequestCancelled, asyncio.CancelledError):
-            if not ctx.is_cancelled:
-                raise
-            return 499, b'{"detail":"Request cancelled","error_type":"client_cancelled"}', {}
+            if ctx.is_cancelled:
+                return 499, b'{"detail":"Request cancelled","error_type":"client_cancelled"}', {}
+            # Cancelled by the app's own code, not by the caller: a failure like any other.
+            ctx.log(traceback.format_exc(), level="ERROR")
+            return _SERVER_ERROR
         except Exception as exc:
             ctx.log(traceback.format_exc(), level="ERROR")
             if _is_device_failure(exc):
                 return 503, pydantic_core.to_json(
                     {"detail": f"Runner unhealthy: {exc}", "error_type": "runner_unhealthy"}), {}
-            return (500, b'{"detail":"Internal Server Error","error_type":"runner_server_error"}',
-                    {})
+            return _SERVER_ERROR
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -177,7 +177,9 @@ class _Writer(threading.Thread):
             self.conn.execute("COMMIT")
             return [(future, None) for _, future in batch]
         except Exception:
-            self.conn.execute("ROLLBACK")
+            # SQLite may have rolled back by itself (busy, disk full, I/O error).
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
         # One write failed: apply them one by one so only the faulty one fails.
         outcomes: list[tuple[asyncio.Future, Exception | None]] = []
         for write, future in batch:
