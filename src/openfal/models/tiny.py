@@ -67,17 +67,22 @@ T5_ENCODER_CONFIG: dict[str, Any] = {
     "is_encoder_decoder": False,
 }
 
-# FLUX.1 geometry: an 8x VAE with 16 latent channels, 2x2 latent patches packed into 64 channels.
-FLUX_VAE_CONFIG: dict[str, Any] = {
-    "sample_size": 64,
+# A tiny 8x VAE (four blocks), shared by the image pipelines below.
+VAE_8X_CONFIG: dict[str, Any] = {
     "in_channels": 3,
     "out_channels": 3,
     "block_out_channels": [8, 16, 16, 16],
     "down_block_types": ["DownEncoderBlock2D"] * 4,
     "up_block_types": ["UpDecoderBlock2D"] * 4,
     "layers_per_block": 1,
-    "latent_channels": 16,
     "norm_num_groups": 4,
+}
+
+# FLUX.1 geometry: an 8x VAE with 16 latent channels, 2x2 latent patches packed into 64 channels.
+FLUX_VAE_CONFIG: dict[str, Any] = {
+    **VAE_8X_CONFIG,
+    "sample_size": 64,
+    "latent_channels": 16,
     "use_quant_conv": False,
     "use_post_quant_conv": False,
     "shift_factor": 0.1159,
@@ -105,15 +110,9 @@ FLUX_SCHEDULER_CONFIG: dict[str, Any] = {
 
 # Stable Diffusion 1.x geometry: an 8x VAE with 4 latent channels.
 SD_VAE_CONFIG: dict[str, Any] = {
+    **VAE_8X_CONFIG,
     "sample_size": 256,
-    "in_channels": 3,
-    "out_channels": 3,
-    "block_out_channels": [8, 16, 16, 16],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 1,
     "latent_channels": 4,
-    "norm_num_groups": 4,
     "scaling_factor": 0.18215,
 }
 SD_UNET_CONFIG: dict[str, Any] = {
