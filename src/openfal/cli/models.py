@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from openfal.models import weights
+from openfal.models import flux, weights
 from openfal.models.tiny import TINY_KINDS, is_tiny_random, make_tiny
 
 app = typer.Typer(help="Model weights: what is present, and tiny random test models.",
@@ -18,9 +18,9 @@ console = Console()
 
 # Built-in app endpoints and the weights each one loads.
 APP_WEIGHTS: dict[str, str] = {
-    "fal-ai/flux/schnell": "black-forest-labs/FLUX.1-schnell",
-    "openfal/flux": "black-forest-labs/FLUX.1-schnell",
-    "fal-ai/flux/dev": "black-forest-labs/FLUX.1-dev",
+    "fal-ai/flux/schnell": flux.SCHNELL,
+    "openfal/flux": flux.SCHNELL,
+    "fal-ai/flux/dev": flux.DEV,
 }
 ModelsDir = Annotated[Path | None, typer.Option(
     "--models-dir", envvar=weights.MODELS_DIR_ENV,
@@ -49,15 +49,10 @@ def list_models(models_dir: ModelsDir = None) -> None:
             status, where = "[green]present[/green]", str(found)
         table.add_row(endpoint, hub_id, status, where)
     table.add_row("openfal/tts", "espeak-ng (bundled by espeakng-loader)",
-                  "[green]present[/green]" if _has("espeakng_loader") else "[red]missing[/red]",
+                  "[red]missing[/red]" if weights.missing_modules("espeakng_loader")
+                  else "[green]present[/green]",
                   "")
     console.print(table)
-
-
-def _has(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 @app.command("make-tiny")

@@ -179,9 +179,10 @@ class Dispatcher:
     def _key_slot_freed(self, job: Job) -> None:
         if job.key_id is None:
             return
+        was_full = job.key_limit is not None and self.running_for(job.key_id) >= job.key_limit
         self.running_by_key[job.key_id] -= 1
-        if job.key_limit is not None:
-            # A request of this key may be waiting in another app's queue.
+        if was_full:
+            # A request of this key may have been held back in any app's queue.
             for pool in self.pools.values():
                 pool.pump()
 

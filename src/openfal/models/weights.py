@@ -7,6 +7,7 @@ An app asks for a hub id (``black-forest-labs/FLUX.1-schnell``). openfal looks i
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -55,11 +56,14 @@ def require_model(hub_id: str) -> Path:
     return found
 
 
+def missing_modules(*modules: str) -> list[str]:
+    """The named modules that are not installed."""
+    return [name for name in modules if importlib.util.find_spec(name) is None]
+
+
 def require_runtime(*modules: str) -> None:
     """A 503 naming the missing package when a model runtime is not installed."""
-    import importlib.util
-
-    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    missing = missing_modules(*modules)
     if missing:
         raise ModelUnavailable(
             f"The model runtime is not installed (missing: {', '.join(missing)}). "
