@@ -62,6 +62,16 @@ class Settings:
     webhook_max_attempts: int = 10  # delivery attempts before a webhook is marked failed
     webhook_retry_base_seconds: float = 15.0  # first retry delay, doubling: ~2 h for 10
     webhook_timeout_seconds: float = 15.0  # one delivery attempt
+    # Shutdown: running requests get this long to finish before the rest is handed back.
+    drain_seconds: float = 30.0
+    # Direct runs (and /stream, realtime messages) one key may have waiting for a runner;
+    # past it a direct run is a 429 with Retry-After. None: no bound.
+    max_waiting_direct_per_key: int | None = 32
+    # Open connections the gateway accepts at once; past it new ones get a 503.
+    max_connections: int = 2048
+    # A request's headers must arrive within this time and fit in this many bytes.
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 64 * 1024
 
     @property
     def network_policy(self) -> NetworkPolicy:
