@@ -8,9 +8,7 @@ with several requests multiplexed on one runner.
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any, Literal
 
 from openfal.app.encoding import Encoding, encode_output
 from openfal.app.errors import RequestCancelled
+from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 
 Emit = Callable[[dict], None]
 
@@ -68,13 +67,12 @@ class RequestContext:
     def lifecycle_seconds(self) -> float | Literal["default"] | None:
         """Output lifetime the caller asked for in ``X-Fal-Object-Lifecycle-Preference``:
         seconds, None for never, or "default" when it did not say."""
-        raw = self.headers.get("x-fal-object-lifecycle-preference")
-        if raw:
-            with contextlib.suppress(ValueError, AttributeError):
-                preference = json.loads(raw)
-                if "expiration_duration_seconds" in preference:
-                    return preference["expiration_duration_seconds"]
-        return "default"
+        try:
+            preference = requested_lifecycle(self.headers)
+        except InvalidLifecycle:
+            # The gateway refuses such requests; one that got here anyway gets the default.
+            return "default"
+        return "default" if preference is None else preference.ttl_seconds("default")
 
 
 _current: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(

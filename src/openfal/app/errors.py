@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pydantic_core
 from pydantic import ValidationError
+
+# What a 422 repeats of the input: the first errors, each echoing a bounded excerpt.
+MAX_DETAIL_ITEMS = 50
+MAX_ECHO_CHARS = 200
+MAX_ECHO_ENTRIES = 10
 
 
 class AppException(Exception):
@@ -64,14 +70,58 @@ class RequestCancelled(Exception):
     """Raised inside an endpoint once its request has been cancelled."""
 
 
-def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
-    """Pydantic errors as JSON-safe ``detail`` items located in the request body."""
+def validation_detail(exc: ValidationError, location: Sequence[str | int] = ("body",)
+                      ) -> list[dict[str, Any]]:
+    """Pydantic errors as JSON-safe ``detail`` items located under ``location``.
+
+    What they repeat of the input is bounded: at most :data:`MAX_DETAIL_ITEMS` items, and
+    long strings and large containers cut down (see :func:`_echo`), so a huge input cannot
+    make a huge error body.
+    """
     try:
         raw = exc.json(include_url=False)
     except ValueError:
         # A body that is not UTF-8 cannot be echoed back as the error's input.
         raw = exc.json(include_url=False, include_input=False)
     items = pydantic_core.from_json(raw)
-    for item in items:
-        item["loc"] = ["body", *item.get("loc", [])]
-    return items
+    detail = [_bounded_item(item, location) for item in items[:MAX_DETAIL_ITEMS]]
+    if len(items) > MAX_DETAIL_ITEMS:
+        detail.append({"loc": list(location), "type": "too_many_errors",
+                       "msg": f"{len(items) - MAX_DETAIL_ITEMS} more errors not shown"})
+    return detail
+
+
+def _bounded_item(item: dict[str, Any], location: Sequence[str | int]) -> dict[str, Any]:
+    bounded = {key: _echo(value) for key, value in item.items() if key != "loc"}
+    # Every step of the location stays; only a long key in it (from the input) is cut.
+    return {"loc": [*location, *(_cut(step, 0) for step in item.get("loc", []))], **bounded}
+
+
+def _echo(value: Any) -> Any:
+    """``value`` as is when its JSON is short, else cut down: the start of a string, the
+    first entries of a container with its nested containers summarised."""
+    if len(pydantic_core.to_json(value)) <= MAX_ECHO_CHARS:
+        return value
+    return _cut(value, depth=1)
+
+
+def _cut(value: Any, depth: int) -> Any:
+    if isinstance(value, list):
+        if depth == 0:
+            return f"[{len(value)} items]"
+        shown: list[Any] = [_cut(item, depth - 1) for item in value[:MAX_ECHO_ENTRIES]]
+        if len(value) > MAX_ECHO_ENTRIES:
+            shown.append(f"... {len(value) - MAX_ECHO_ENTRIES} more items")
+        return shown
+    if isinstance(value, dict):
+        if depth == 0:
+            return f"{{{len(value)} keys}}"
+        entries = list(value.items())
+        cut = {_cut(key, 0): _cut(item, depth - 1) for key, item in entries[:MAX_ECHO_ENTRIES]}
+        if len(entries) > MAX_ECHO_ENTRIES:
+            cut["..."] = f"{len(entries) - MAX_ECHO_ENTRIES} more keys"
+        return cut
+    text = value if isinstance(value, str) else pydantic_core.to_json(value).decode()
+    if len(text) <= MAX_ECHO_CHARS:
+        return value
+    return f"{text[:MAX_ECHO_CHARS]}... ({len(text) - MAX_ECHO_CHARS} more characters)"

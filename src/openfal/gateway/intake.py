@@ -13,6 +13,7 @@ from openfal.app.app import EndpointSpec
 from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.dispatcher.jobs import Priority
+from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.gateway.auth import principal, require_key_for_app
 from openfal.gateway.http import HTTPError, field_error, read_body
 
@@ -87,6 +88,11 @@ def job_options(request: Request) -> tuple[Priority, dict[str, Any]]:
     hint = headers.get("x-fal-runner-hint")
     if hint:
         options["runner_hint"] = hint
+    try:
+        # Checked here, before the request exists; the runner reads the header as sent.
+        requested_lifecycle(headers)
+    except InvalidLifecycle as exc:
+        raise HTTPError(422, exc.detail) from None
     return _PRIORITIES[priority_name], options
 
 

@@ -40,6 +40,7 @@ from openfal.app.schema import (
 )
 from openfal.auth.keys import Scope
 from openfal.dispatcher.runners import RunnerState
+from openfal.files.lifecycle import LifecyclePreference
 from openfal.gateway.auth import Access
 from openfal.gateway.hosts import QUEUE_PREFIX
 from openfal.gateway.http import json_response
@@ -54,9 +55,6 @@ SECURITY_SCHEME = "Key"
 _KEY_REQUIRED: list[dict[str, list[str]]] = [{SECURITY_SCHEME: []}]
 _KEY_OPTIONAL: list[dict[str, list[str]]] = [{SECURITY_SCHEME: []}, {}]
 _PATH_PARAMETER = re.compile(r"\{[^}]+\}")
-# The lifecycle header's JSON: seconds until the file expires, null for never.
-_LIFECYCLE: Schema = {"type": "object", "properties": {"expiration_duration_seconds": {
-    "anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "null"}]}}}
 
 
 # The platform routes' answers, as the handlers build them.
@@ -180,6 +178,8 @@ PLATFORM_TYPES: dict[Hashable, tuple[Any, Mode]] = {
     "token_request": (TokenRequest, _V), "token": (str, _S),
     "initiate": (InitiateBody, _V), "signed_upload": (SignedUpload, _S),
     "storage_token": (StorageToken, _S),
+    # The lifecycle header's JSON, as files/lifecycle.py validates it.
+    "lifecycle": (LifecyclePreference, _V),
 }
 
 
@@ -320,7 +320,7 @@ def _platform_paths(s: Mapping[Hashable, Schema], queue: QueueSchemas) -> dict[s
     key_id = [_parameter("key_id", "path", {"type": "string"}, required=True)]
     unix_time = {"type": "number"}
     lifecycle = {"name": "X-Fal-Object-Lifecycle-Preference", "in": "header",
-                 "required": False, "content": {"application/json": {"schema": _LIFECYCLE}}}
+                 "required": False, "content": {"application/json": {"schema": s["lifecycle"]}}}
     return {
         "/health": {"get": _operation("Liveness and version", 200, s["health"], queue)},
         "/openapi.json": {"get": _operation("This document", 200, s["document"], queue)},

@@ -7,7 +7,7 @@ from starlette.responses import Response
 
 from openfal import __version__
 from openfal.app.schema import endpoint_openapi
-from openfal.gateway.auth import ensure_visible
+from openfal.gateway.auth import ensure_visible, principal
 from openfal.gateway.hosts import queue_prefix
 from openfal.gateway.http import HTTPError, json_response
 from openfal.gateway.intake import callable_endpoint
@@ -20,14 +20,17 @@ async def health(request: Request) -> Response:
 
 
 async def apps(request: Request) -> Response:
+    """The served endpoints; ``app_ref`` (a file path on this server) only for ADMIN keys."""
     platform: Platform = request.app.state.platform
+    caller = principal(request)
+    show_refs = caller is not None and caller.is_admin
     listing = []
     for app in platform.registry.apps.values():
         for path, spec in app.cls.endpoints().items():
             endpoint_id = app.endpoint_id(path)
             listing.append({
                 "endpoint_id": endpoint_id, "app_id": app.app_id, "path": path,
-                "app_ref": app.ref, "is_async": spec.is_async,
+                **({"app_ref": app.ref} if show_refs else {}), "is_async": spec.is_async,
                 "openapi_url": schema_url(request, endpoint_id),
                 "config": {key: getattr(app.cls, key) for key in (
                     "machine_type", "keep_alive", "min_concurrency", "max_concurrency",

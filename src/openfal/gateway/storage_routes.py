@@ -15,7 +15,8 @@ URLs (handed out absolute, from ``Platform.public_url``; builders in ``urls.py``
     GET  /files/{file_id}/{name}                       the file (= file_url, access_url)
 
 ``storage_type`` (gcs, fal-cdn-v3, ...) is accepted and ignored: there is one store, and
-its files are public (``initial_acl`` in lifecycle headers is ignored too).
+its files are public (``initial_acl`` in lifecycle headers is ignored too). The lifecycle
+headers are read by ``files/lifecycle.py``.
 
 Initiated uploads are multipart uploads underneath, so ``file_url`` is known before the
 bytes arrive; a PUT of the whole file is part 1, completed at once. Bodies are written to
@@ -26,8 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import math
 import mimetypes
 import os
 import re
@@ -53,6 +52,7 @@ from openfal.files.base import (
     StoredFile,
     normalize_etag,
 )
+from openfal.files.lifecycle import UPLOAD_HEADERS, InvalidLifecycle, requested_lifecycle
 from openfal.files.signing import UPLOAD
 from openfal.gateway.http import HTTPError, field_error, json_response, read_body
 from openfal.gateway.urls import file_url, signed_upload_url
@@ -61,7 +61,6 @@ from openfal.server import Platform
 TOKEN_TTL_SECONDS = 3600.0
 SPOOL_WRITE_BYTES = 1024 * 1024
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
-LIFECYCLE_HEADERS = ("x-fal-object-lifecycle-preference", "x-fal-object-lifecycle")
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
     "access-control-expose-headers": "ETag, Content-Length, Content-Range, Accept-Ranges",
@@ -342,32 +341,13 @@ def _header_text(value: str) -> str:
 
 def _expires_at(request: Request, platform: Platform) -> float | None:
     """When the file expires: the lifecycle header's duration, else the server default."""
-    ttl = platform.settings.default_file_ttl_seconds
-    for header in LIFECYCLE_HEADERS:
-        raw = request.headers.get(header)
-        if raw is not None:
-            ttl = _lifecycle_ttl(header, raw, ttl)
-            break
-    return None if ttl is None else time.time() + ttl
-
-
-def _lifecycle_ttl(header: str, raw: str, default: float | None) -> float | None:
+    default = platform.settings.default_file_ttl_seconds
     try:
-        lifecycle = json.loads(raw)
-    except ValueError:
-        lifecycle = None
-    if not isinstance(lifecycle, dict):
-        raise field_error(["header", header], "must be a JSON object")
-    if "expiration_duration_seconds" not in lifecycle:
-        return default
-    seconds = lifecycle["expiration_duration_seconds"]
-    if seconds is None:
-        return None
-    if (isinstance(seconds, bool) or not isinstance(seconds, int | float)
-            or not (math.isfinite(seconds) and seconds > 0)):
-        raise field_error(["header", header, "expiration_duration_seconds"],
-                          "must be a positive number of seconds, or null for never")
-    return float(seconds)
+        preference = requested_lifecycle(request.headers, UPLOAD_HEADERS)
+    except InvalidLifecycle as exc:
+        raise HTTPError(422, exc.detail) from None
+    ttl = default if preference is None else preference.ttl_seconds(default)
+    return None if ttl is None else time.time() + ttl
 
 
 # Bodies
