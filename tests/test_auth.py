@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -263,3 +264,66 @@ def test_realtime_messages_count_against_the_key_limit(secured: ServerProcess,
         for handle in long:
             client.put(handle["cancel_url"], headers=limited)
     assert isinstance(frame, str) and "CONCURRENCY_LIMIT" in frame
+
+
+def mint_token(server: ServerProcess, key: str) -> str:
+    response = httpx.post(server.url + "/tokens/", json={"allowed_apps": ["realtime-echo"]},
+                          headers=auth(key))
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def realtime_url(server: ServerProcess, token: str) -> str:
+    return (server.url.replace("http", "ws") + "/openfal/realtime-echo/realtime"
+            f"?fal_jwt_token={token}")
+
+
+def test_realtime_tokens_act_for_the_key_that_minted_them(
+        secured: ServerProcess, keys: dict[str, str]) -> None:
+    import msgpack
+    from websockets.sync.client import connect
+
+    limited = auth(keys["limited"])
+    with httpx.Client(base_url=secured.url, timeout=60) as client:
+        since = time.time() - 1
+        with connect(realtime_url(secured, mint_token(secured, keys["alice"]))) as ws:
+            ws.send(msgpack.packb({"n": 7}))
+            assert msgpack.unpackb(ws.recv(timeout=30))["n"] == 7
+        long = [client.post("/queue/openfal/work", json={"seconds": 3, "steps": 30},
+                            headers=limited).json() for _ in range(2)]
+        wait_for(lambda: all(client.get(h["status_url"], headers=limited).json()["status"]
+                             == "IN_PROGRESS" for h in long), what="both slots in use")
+        with connect(realtime_url(secured, mint_token(secured, keys["limited"]))) as ws:
+            ws.send(msgpack.packb({"n": 1}))
+            frame = ws.recv(timeout=30)
+        for handle in long:
+            client.put(handle["cancel_url"], headers=limited)
+
+        def realtime_usage() -> list[dict]:
+            usage = client.get("/api/usage", params={"since": since},
+                               headers=auth(keys["admin"])).json()["usage"]
+            return [row for row in usage
+                    if row["endpoint_id"] == "openfal/realtime-echo/realtime"]
+
+        rows = wait_for(realtime_usage, what="the realtime message in the ledger")
+    assert isinstance(frame, str) and "CONCURRENCY_LIMIT" in frame
+    assert [row["key_id"] for row in rows] == [keys["alice"].split(":")[0]]
+
+
+def test_revoking_a_key_ends_its_sessions_and_refuses_its_tokens(
+        secured: ServerProcess, keys: dict[str, str]) -> None:
+    import msgpack
+    from websockets.sync.client import connect
+
+    admin = auth(keys["admin"])
+    with httpx.Client(base_url=secured.url, timeout=30, headers=admin) as client:
+        made = client.post("/api/keys", json={"name": "soon revoked"}).json()["key"]
+        token = mint_token(secured, made)
+        with connect(realtime_url(secured, token)) as live:
+            live.send(msgpack.packb({"n": 3}))
+            assert msgpack.unpackb(live.recv(timeout=30))["n"] == 3
+            assert client.delete(f"/api/keys/{made.split(':')[0]}").status_code == 200
+            ended = json.loads(live.recv(timeout=30))
+            assert ended["error"] == "Unauthorized"
+        with connect(realtime_url(secured, token)) as late:
+            assert json.loads(late.recv(timeout=30))["error"] == "Unauthorized"

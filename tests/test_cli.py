@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,13 +27,26 @@ from openfal.cli.client import (
     file_objects,
 )
 
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_for
+
+NOISY_APP = f"{Path(__file__).parent / 'apps' / 'noisy.py'}::Noisy"
+# What decides which server and key the CLI uses; tests set them explicitly.
+CLIENT_VARIABLES = ("OPENFAL_SERVER", "OPENFAL_KEY", "OPENFAL_DATA_DIR", "FAL_KEY",
+                    "SSL_CERT_FILE", "SSL_CERT_DIR", "COLUMNS")
 
 
 def openfal(*args: str, env: dict[str, str] | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "openfal", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def openfal_at_home(home: Path, *args: str,
+                    env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``openfal`` as a user whose home is ``home`` and who set only ``env``."""
+    clean = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
+    return subprocess.run([sys.executable, "-m", "openfal", *args], capture_output=True,
+                          text=True, timeout=60, env={**clean, "HOME": str(home), **(env or {})})
 
 
 def run(server: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
@@ -178,6 +192,134 @@ def test_runners_after_a_run(server: ServerProcess) -> None:
     assert isinstance(echo[0]["pid"], int)
     table = openfal("runners", "--server", server.url, env={"COLUMNS": "300"})
     assert echo[0]["runner_id"] in table.stdout
+
+
+def test_run_says_what_its_times_cover(server: ServerProcess) -> None:
+    done = run(server, "openfal/echo", "-a", "prompt=timed")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"^done in \d+\.\d\ds, \d+\.\d\ds of it on the runner \(the whole "
+                     r"endpoint call, model loading included\)$", done.stderr, re.MULTILINE)
+    assert "inference time" not in done.stderr
+
+
+def test_tables_are_not_cut_when_piped(server: ServerProcess) -> None:
+    listing = json.loads(openfal("apps", "--json", "--server", server.url).stdout)
+    done = openfal("apps", "--server", server.url, env={"COLUMNS": "60"})
+    assert done.returncode == 0, done.stderr
+    for endpoint in listing["endpoints"]:
+        row = next(line for line in done.stdout.splitlines()
+                   if f"│ {endpoint['endpoint_id']} " in line)
+        assert endpoint["app_ref"] in row
+        assert endpoint["openapi_url"] in row
+
+
+def _table_rows(output: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split("│")[1:-1]]
+            for line in output.splitlines() if line.startswith("│")]
+
+
+def test_usage_shows_which_apps_report_no_billable_units(server: ServerProcess) -> None:
+    assert run(server, "openfal/echo", "-a", "prompt=usage").returncode == 0
+    assert run(server, "openfal/work", "-a", "steps=3").returncode == 0
+    done = openfal("usage", "--server", server.url)
+    assert done.returncode == 0, done.stderr
+    units = {row[1]: row[-1] for row in _table_rows(done.stdout)}
+    assert units["openfal/echo"] == "-"
+    assert float(units["openfal/work"]) >= 3
+    assert "-: none reported" in done.stdout
+
+
+# --- which server, which key -----------------------------------------------------------------
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """The home of a user with no ~/.openfal yet."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+HOSTED_KEY = {"FAL_KEY": "hosted-key-id:hosted-key-secret"}
+
+
+def test_commands_find_the_default_data_dirs_server_and_key(
+        start_server: Callable[..., ServerProcess], home: Path) -> None:
+    start_server(data_dir=home / ".openfal", auth=True)
+    done = openfal_at_home(home, "run", "openfal/echo", "-a", "prompt=found", "--json",
+                           env=HOSTED_KEY)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"text": "found"}
+    done = openfal_at_home(home, "keys", "create", "--name", "ci", env=HOSTED_KEY)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("created a new API key (shown once):\n")
+
+
+@pytest.mark.parametrize("how", ["option", "variable"])
+def test_commands_follow_the_data_dir_of_the_server(
+        start_server: Callable[..., ServerProcess], home: Path, tmp_path: Path,
+        how: str) -> None:
+    data_dir = tmp_path / "elsewhere"
+    start_server(data_dir=data_dir, auth=True)
+    args, env = ((["--data-dir", str(data_dir)], HOSTED_KEY) if how == "option"
+                 else ([], {**HOSTED_KEY, "OPENFAL_DATA_DIR": str(data_dir)}))
+    done = openfal_at_home(home, "keys", "list", "--json", *args, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [key["scope"] for key in json.loads(done.stdout)["keys"]] == ["ADMIN"]
+    done = openfal_at_home(home, "apps", "--json", *args, env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_refused_key_says_which_key_was_sent(start_server: Callable[..., ServerProcess],
+                                               home: Path) -> None:
+    server = start_server(auth=True)
+    for env, expected in (({}, "no key was sent: set OPENFAL_KEY, or point --data-dir at the "
+                                "server's data dir"),
+                          ({"OPENFAL_KEY": "nope:nope"}, "the key sent came from OPENFAL_KEY")):
+        done = openfal_at_home(home, "keys", "list", "--server", server.url, env=env)
+        assert done.returncode == 1
+        assert done.stderr.count("\n") == 1, done.stderr
+        assert "(unauthorized); " + expected in done.stderr
+
+
+def test_a_tls_server_is_found_and_trusted(start_server: Callable[..., ServerProcess],
+                                           home: Path, tmp_path: Path) -> None:
+    server = start_server("--tls", data_dir=home / ".openfal", auth=True)
+    done = openfal_at_home(home, "keys", "list", "--json")
+    assert done.returncode == 0, done.stderr
+
+    stranger = tmp_path / "stranger"  # knows the URL, not the CA
+    done = openfal_at_home(stranger, "apps", "--server", server.url)
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert f"the certificate of {server.url} is not trusted (" in done.stderr
+    assert "--data-dir" in done.stderr and "cannot reach" not in done.stderr
+
+    exports = openfal_at_home(home, "env")
+    assert exports.returncode == 0, exports.stderr
+    env = dict(line.removeprefix("export ").split("=", 1)
+               for line in exports.stdout.splitlines())
+    assert env["OPENFAL_SERVER"] == server.url
+    assert env["OPENFAL_KEY"] == server.admin_key
+    done = openfal_at_home(stranger, "keys", "list", "--json", env=env)
+    assert done.returncode == 0, done.stderr
+
+
+def test_import_and_setup_output_stays_out_of_request_logs(
+        start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server("--no-builtin", "--app", NOISY_APP)
+    done = run(server, "openfal/noisy", "-a", "text=hi")
+    assert done.returncode == 0, done.stderr
+    for own in ("noisy: the request's own output: hi", "noisy: the request's own warning",
+                "noisy: the request's own log"):
+        assert own in done.stderr
+    assert "at import" not in done.stderr
+    assert "in setup" not in done.stderr
+    # The runner's stderr, in the server's log, has them instead.
+    wait_for(lambda: all(line in "".join(server.output) for line in (
+        "noisy_lib: logged at import", "noisy_lib: warned at import",
+        "noisy_lib: printed at import", "noisy: logged in setup", "noisy: warned in setup")),
+        what="the import and setup output in the server's log")
 
 
 # --- units ---------------------------------------------------------------------------------

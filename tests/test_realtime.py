@@ -97,3 +97,13 @@ def test_websocket_on_a_plain_endpoint_is_refused(server: ServerProcess) -> None
     with (pytest.raises((InvalidStatus, ConnectionClosed)),
           connect(ws_url(server, "/openfal/echo")) as ws):
         ws.recv(timeout=10)
+
+
+def test_a_bad_lifecycle_header_ends_the_session(server: ServerProcess) -> None:
+    with connect(ws_url(server, "/openfal/realtime-echo/realtime"),
+                 additional_headers={"x-fal-object-lifecycle-preference": '"soon"'}) as ws:
+        frame = receive(ws)
+        assert (frame["type"], frame["error"]) == ("x-fal-error", "VALIDATION_ERROR")
+        assert "x-fal-object-lifecycle-preference" in frame["reason"]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)

@@ -15,6 +15,7 @@ from typing import Protocol
 from openfal.app.registry import Registry
 from openfal.auth.keys import Keyring, Scope
 from openfal.dispatcher.dispatcher import Dispatcher
+from openfal.errors import ConfigError
 from openfal.fetch import NetworkPolicy
 from openfal.files.gc import collect_expired_forever
 from openfal.files.local import LocalFileStorage
@@ -32,6 +33,7 @@ BUILTIN_APPS = [
     "openfal.models.tts::TTS",
 ]
 DAY = 24 * 3600.0
+log = logging.getLogger("openfal")
 
 
 @dataclass
@@ -116,8 +118,12 @@ class Service(Protocol):
 class Platform:
     """Everything one gateway process runs: store, app registry, dispatcher."""
 
-    def __init__(self, settings: Settings, listen_url: str | None = None):
+    def __init__(self, settings: Settings, listen_url: str | None = None,
+                 store: SQLiteStore | None = None):
         self.settings = settings
+        # First: a data dir another server holds is refused before anything is written.
+        self.store = store or SQLiteStore(settings.database_path, settings.durability)
+        self.store.lock()
         self.public_url = (settings.public_url or listen_url
                            or f"http://{settings.host}:{settings.port}").rstrip("/")
         self.files = LocalFileStorage(settings.files_dir)
@@ -126,11 +132,11 @@ class Platform:
         self.registry = Registry(owner=settings.owner)
         for ref in (BUILTIN_APPS if settings.builtin_apps else []) + settings.apps:
             self.registry.add(ref)
-        self.store = SQLiteStore(settings.database_path, settings.durability)
         self.keyring = Keyring(self.store, settings.default_key_concurrency)
         self.new_admin_key: str | None = None
         self.dispatcher = Dispatcher(
             self.store, self.registry, retention_seconds=settings.retention_seconds,
+            max_waiting_direct_per_key=settings.max_waiting_direct_per_key,
             runner_env=runner_environment(
                 files_dir=settings.files_dir, public_url=self.public_url,
                 file_ttl_seconds=settings.default_file_ttl_seconds,
@@ -170,6 +176,20 @@ class Platform:
             out.write(secret + "\n")
         self.new_admin_key = secret
 
+    async def drain(self) -> None:
+        """Stop taking work, let running requests finish within the grace period, and hand
+        back the rest (SIGTERM, Ctrl-C)."""
+        grace = self.settings.drain_seconds
+        running = len(self.dispatcher.running_attempts())
+        log.info("shutting down: accepting no new requests; waiting up to %gs for %d running "
+                 "(a second signal stops at once)", grace, running)
+        handed_back = await self.dispatcher.drain(grace)
+        if handed_back:
+            log.warning("grace period over: handed back %d running requests (queued ones "
+                        "resume after a restart)", handed_back)
+        else:
+            log.info("drained: every running request finished")
+
     async def stop(self) -> None:
         for service in reversed(self.services):
             await service.stop()
@@ -185,7 +205,11 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
     # Listen now, so that callers told "listening" queue in the backlog rather than being
     # refused while the app starts up.
@@ -194,32 +218,43 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def serve(settings: Settings, on_ready: Callable[[Platform, str], None] | None = None) -> None:
-    """Run the platform until interrupted. ``on_ready`` gets the URL it listens on."""
+    """Run the platform until interrupted. ``on_ready`` gets the URL it listens on.
+
+    Raises :class:`ConfigError` when it cannot start (data dir in use, port taken)."""
     import uvicorn
 
     from openfal.gateway.app import create_app
     from openfal.net.hosts import reachable_host
+    from openfal.net.http_server import DrainingServer, guarded_protocol
     from openfal.net.proxy import ConnectProxy
     from openfal.net.runtime import RuntimeFile, RuntimeInfo
     from openfal.net.tls import ensure_tls
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
+    store = SQLiteStore(settings.database_path, settings.durability)
+    store.lock()
     tls = ensure_tls(settings.data_dir, settings.tls_names) if settings.tls else None
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     url = f"{'https' if tls else 'http'}://{'[' + host + ']' if ':' in host else host}:{port}"
     proxy = (ConnectProxy.bind(_proxy_port(settings), platform=(reachable_host(host), port))
              if tls and settings.proxy else None)
-    platform = Platform(settings, listen_url=url)
+    platform = Platform(settings, listen_url=url, store=store)
     platform.services += [*([proxy] if proxy else []), RuntimeFile(
         settings.data_dir, RuntimeInfo.describe(url, proxy.url if proxy else None, tls))]
     app = create_app(platform, on_ready=(lambda p: on_ready(p, url)) if on_ready else None)
-    config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=5,
-                            ssl_certfile=tls.server_cert if tls else None,
-                            ssl_keyfile=tls.server_key if tls else None)
-    uvicorn.Server(config).run(sockets=[sock])
+    config = uvicorn.Config(
+        app, loop="uvloop", log_level="warning", access_log=False,
+        http=guarded_protocol(settings.header_timeout_seconds, settings.max_header_bytes),
+        limit_concurrency=settings.max_connections,
+        # Draining has already let running requests finish: what is left are idle
+        # connections and status streams, which get a moment to close.
+        timeout_graceful_shutdown=3,
+        ssl_certfile=tls.server_cert if tls else None,
+        ssl_keyfile=tls.server_key if tls else None)
+    DrainingServer(config, platform.drain).run(sockets=[sock])
+    log.info("stopped")
 
 
 def _proxy_port(settings: Settings) -> int:

@@ -88,14 +88,25 @@ class ServerProcess:
         kwargs.setdefault("timeout", 30)
         return httpx.Client(base_url=self.url, **kwargs)
 
-    def stop(self) -> None:
+    def stop(self, drain_seconds: float = 5.0) -> None:
+        """SIGTERM: the server drains; if it has not stopped after ``drain_seconds``, a
+        second SIGTERM stops it at once, and past that it is killed."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        for sig, wait in ((signal.SIGTERM, drain_seconds), (signal.SIGTERM, 10.0)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+        self.kill()
+
+    def wait_exit(self, timeout: float) -> int:
+        """The server's exit code, once it has exited by itself (within ``timeout``)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
 
     def kill(self) -> None:
         """``kill -9`` the server process (its runners notice and exit)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from openfal.app.app import App, EndpointSpec
 from openfal.app.loader import load_app
+from openfal.errors import ConfigError
 
 # First path segments that are platform routes, so no owner may use them.
 RESERVED_OWNERS = frozenset({"tokens", "queue", "api", "health", "openapi", "storage", "files"})
@@ -34,9 +35,11 @@ class Registry:
         owner = getattr(cls, "app_owner", None) or self.owner
         app_id = f"{owner}/{cls.app_name}"
         if owner in RESERVED_OWNERS:
-            raise ValueError(f"{ref}: owner {owner!r} is reserved")
-        if app_id in self.apps:
-            raise ValueError(f"{ref}: app id {app_id!r} is already served")
+            raise ConfigError(f"{ref}: owner {owner!r} is reserved for the platform's routes")
+        served_already = self.apps.get(app_id)
+        if served_already is not None:
+            raise ConfigError(f"{ref}: app id {app_id!r} is already served by "
+                              f"{served_already.ref}; give one of them another app_name")
         served = ServedApp(app_id=app_id, ref=ref, cls=cls)
         self.apps[app_id] = served
         return served

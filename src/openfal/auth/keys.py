@@ -13,6 +13,8 @@ import hmac
 import secrets
 import time
 import uuid
+from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from openfal.store.base import KeyRecord, Store
@@ -64,6 +66,8 @@ class Keyring:
         self.store = store
         self.default_concurrency = default_concurrency
         self._keys: dict[str, KeyRecord] = {}
+        # Called when a key is revoked: its live realtime sessions end.
+        self._on_revoke: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
 
     async def load(self) -> None:
         self._keys = {key.id: key for key in await self.store.list_keys()}
@@ -91,7 +95,21 @@ class Keyring:
         revoked_at = time.time()
         await self.store.revoke_key(key_id, revoked_at)
         key.revoked_at = revoked_at
+        for callback in self._on_revoke.pop(key_id, set()):
+            callback()
         return True
+
+    def on_revoke(self, key_id: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when the key is revoked; returns a function that cancels it."""
+        self._on_revoke[key_id].add(callback)
+
+        def cancel() -> None:
+            callbacks = self._on_revoke.get(key_id)
+            if callbacks is not None:
+                callbacks.discard(callback)
+                if not callbacks:
+                    del self._on_revoke[key_id]
+        return cancel
 
     async def set_concurrency(self, key_id: str, limit: int | None) -> bool:
         key = self._keys.get(key_id)
@@ -104,8 +122,14 @@ class Keyring:
     def authenticate(self, header: str) -> Principal:
         key_id, secret = parse_authorization(header)
         key = self._keys.get(key_id)
-        if key is None or key.revoked_at is not None or not hmac.compare_digest(
-                key.secret_hash, hash_secret(secret)):
+        if key is None or not hmac.compare_digest(key.secret_hash, hash_secret(secret)):
+            raise AuthError("invalid or revoked API key")
+        return self.principal(key_id)
+
+    def principal(self, key_id: str) -> Principal:
+        """The caller a key stands for (a token names its key), if the key is active."""
+        key = self._keys.get(key_id)
+        if key is None or key.revoked_at is not None:
             raise AuthError("invalid or revoked API key")
         limit = key.max_concurrency if key.max_concurrency is not None else (
             self.default_concurrency)

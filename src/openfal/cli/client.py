@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import mimetypes
+import ssl
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -14,17 +16,15 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 from httpx_sse import connect_sse
-from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
-from openfal.auth.credentials import authorization, find_key
+from openfal.auth.credentials import authorization
+from openfal.cli.console import stderr, stdout, table
+from openfal.cli.target import Target
 from openfal.fetch import FetchError, parse_data_uri
 
 P = ParamSpec("P")
-
-stderr = Console(stderr=True, highlight=False)
 
 TIMEOUT = httpx.Timeout(30.0, read=60.0)  # the status stream sends a keep-alive every 15 s
 EXIT_INTERRUPTED = 130
@@ -50,15 +50,38 @@ def reports_errors(command: Callable[P, int]) -> Callable[P, int]:
 
 
 @contextmanager
-def connect(server: str) -> Iterator[httpx.Client]:
-    """A client for ``server`` sending the key :func:`find_key` finds; failing to reach
-    the server becomes one clear ``CLIError``."""
+def connect(target: Target) -> Iterator[httpx.Client]:
+    """A client for ``target`` sending its key; failing to reach the server, trust its
+    certificate or have the key accepted becomes one clear ``CLIError``."""
+    key = target.key.secret if target.key else None
     try:
-        with httpx.Client(base_url=server, timeout=TIMEOUT,
-                          headers=authorization(find_key())) as client:
+        with httpx.Client(base_url=target.url, timeout=TIMEOUT, verify=target.verify(),
+                          headers=authorization(key),
+                          event_hooks={"response": [functools.partial(_refused, target)]},
+                          ) as client:
             yield client
-    except httpx.TransportError:
-        raise CLIError(f"cannot reach openfal at {server}") from None
+    except httpx.TransportError as exc:
+        untrusted = _certificate_failure(exc)
+        if untrusted is not None:
+            raise CLIError(f"the certificate of {target.url} is not trusted ({untrusted}): "
+                           f"{target.untrusted_hint()}") from None
+        raise CLIError(f"cannot reach openfal at {target.url}") from None
+
+
+def _refused(target: Target, response: httpx.Response) -> None:
+    if response.status_code == 401:
+        response.read()
+        raise CLIError(f"{error_message(response)}; {target.key_hint()}")
+
+
+def _certificate_failure(exc: BaseException) -> str | None:
+    """Why the server's certificate failed verification, if that is what ``exc`` is."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause.verify_message or str(cause)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 # --- input ---------------------------------------------------------------------------------
@@ -222,11 +245,12 @@ def print_result(result: Any, as_json: bool) -> None:
 
 
 @reports_errors
-def run_command(server: str, endpoint_id: str, input_json: str | None, args: list[str],
+def run_command(target: Target, endpoint_id: str, input_json: str | None, args: list[str],
                 output_dir: Path | None, as_json: bool) -> int:
     """``openfal run``: submit through the queue, watch it, print (and save) the result."""
     payload = build_input(input_json, args)
-    with connect(server) as client:
+    with connect(target) as client:
+        submitted_at = time.monotonic()
         queued = submit(client, endpoint_id, payload)
         stderr.print(f"request {queued['request_id']}", style="dim")
         try:
@@ -236,7 +260,7 @@ def run_command(server: str, endpoint_id: str, input_json: str | None, args: lis
         except KeyboardInterrupt:
             cancel(client, queued["cancel_url"])
             return EXIT_INTERRUPTED
-        _print_metrics(final)
+        _print_times(time.monotonic() - submitted_at, final)
         result = _checked(client.get(queued["response_url"]), "request failed: ").json()
         print_result(result, as_json)
         if output_dir is not None:
@@ -245,10 +269,16 @@ def run_command(server: str, endpoint_id: str, input_json: str | None, args: lis
     return 0
 
 
-def _print_metrics(status: dict[str, Any]) -> None:
-    inference_time = (status.get("metrics") or {}).get("inference_time")
-    if inference_time is not None:
-        stderr.print(f"inference time {inference_time:.2f}s", style="dim")
+def _print_times(total: float, status: dict[str, Any]) -> None:
+    """The wait as the caller saw it, and the part the runner spent on the request: the
+    whole endpoint call (the queue's ``metrics.inference_time``), which includes loading a
+    model on first use, so it can exceed what an app reports in its own ``timings``."""
+    on_runner = (status.get("metrics") or {}).get("inference_time")
+    if on_runner is None:
+        stderr.print(f"done in {total:.2f}s", style="dim")
+    else:
+        stderr.print(f"done in {total:.2f}s, {on_runner:.2f}s of it on the runner "
+                     f"(the whole endpoint call, model loading included)", style="dim")
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -316,8 +346,12 @@ def decode_data_uri(uri: str) -> bytes:
 
 
 def _download(client: httpx.Client, url: str, target: Path) -> None:
+    request = client.build_request("GET", url)
+    if (request.url.scheme, request.url.netloc) != (client.base_url.scheme,
+                                                     client.base_url.netloc):
+        request.headers.pop("authorization", None)  # the key is for this server alone
     try:
-        with client.stream("GET", url, follow_redirects=True) as response:
+        with client.send(request, stream=True, follow_redirects=True) as response:
             if not response.is_success:
                 raise CLIError(f"cannot download {url}: HTTP {response.status_code}")
             with target.open("wb") as out:
@@ -331,28 +365,28 @@ def _download(client: httpx.Client, url: str, target: Path) -> None:
 
 
 @reports_errors
-def apps_command(server: str, as_json: bool) -> int:
+def apps_command(target: Target, as_json: bool) -> int:
     """``openfal apps``: the endpoints the server serves."""
-    with connect(server) as client:
+    with connect(target) as client:
         listing = _checked(client.get("/api/apps")).json()
     if as_json:
         print(json.dumps(listing))
         return 0
-    table = Table("endpoint", "app", "multiplexing", "keep alive", "schema")
+    apps = table("endpoint", "app", "multiplexing", "keep alive", "schema")
     for endpoint in listing["endpoints"]:
         config = endpoint.get("config", {})
-        table.add_row(endpoint["endpoint_id"], endpoint["app_ref"],
-                      str(config.get("max_multiplexing", "")),
-                      f"{config['keep_alive']}s" if "keep_alive" in config else "",
-                      endpoint["openapi_url"])
-    Console().print(table)
+        apps.add_row(endpoint["endpoint_id"], endpoint.get("app_ref", "-"),
+                     str(config.get("max_multiplexing", "")),
+                     f"{config['keep_alive']}s" if "keep_alive" in config else "",
+                     endpoint["openapi_url"])
+    stdout.print(apps)
     return 0
 
 
 @reports_errors
-def runners_command(server: str, as_json: bool) -> int:
+def runners_command(target: Target, as_json: bool) -> int:
     """``openfal runners``: the runner processes alive now."""
-    with connect(server) as client:
+    with connect(target) as client:
         listing = _checked(client.get("/api/runners")).json()
     if as_json:
         print(json.dumps(listing))
@@ -360,11 +394,11 @@ def runners_command(server: str, as_json: bool) -> int:
     if not listing["runners"]:
         stderr.print("no runners")
         return 0
-    table = Table("runner", "app", "state", "pid", "in flight", "started", "hints")
+    runners = table("runner", "app", "state", "pid", "in flight", "started", "hints")
     for runner in listing["runners"]:
         started = datetime.fromtimestamp(runner["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(runner["runner_id"], runner["app_id"], runner["state"],
-                      str(runner.get("pid") or ""), "\n".join(runner["in_flight"]), started,
-                      ", ".join(map(str, runner.get("hints") or [])))
-    Console().print(table)
+        runners.add_row(runner["runner_id"], runner["app_id"], runner["state"],
+                        str(runner.get("pid") or ""), "\n".join(runner["in_flight"]), started,
+                        ", ".join(map(str, runner.get("hints") or [])))
+    stdout.print(runners)
     return 0

@@ -7,7 +7,9 @@ are hard-coded; ``HTTPS_PROXY`` sends them through openfal's CONNECT proxy, whil
 ``NO_PROXY`` keeps the direct traffic to the server off the proxy. The proxy variables are
 exported in both cases because urllib-based code (httpx included) prefers the lower-case
 ones when both are set, and a user's own ``https_proxy`` must not win over ours.
-``FAL_KEY`` comes from :func:`client_key`.
+``FAL_KEY`` comes from :func:`client_key`. ``OPENFAL_SERVER`` and ``OPENFAL_KEY`` point the
+``openfal`` commands at the same server with the same key; they trust its certificate
+through ``SSL_CERT_FILE``.
 
 Usage: ``eval "$(openfal env)"``.
 """
@@ -19,9 +21,9 @@ import sys
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
-from openfal.auth.credentials import find_key
+from openfal.auth.credentials import KEY_VARIABLE, find_key
 from openfal.net.hosts import reachable_host
-from openfal.net.runtime import RuntimeInfo, load_runtime
+from openfal.net.runtime import RuntimeInfo, running_server
 
 PLACEHOLDER_KEY = "openfal-local"
 
@@ -34,7 +36,8 @@ def client_key(data_dir: Path) -> str:
     """The key fal-client sends as ``Authorization: Key <key>``: ``OPENFAL_KEY`` when set
     (not ``FAL_KEY``, which may be a hosted-platform key), else the admin key the server
     created in the data dir, else a placeholder that only a server without auth accepts."""
-    return find_key(data_dir, ("OPENFAL_KEY",)) or PLACEHOLDER_KEY
+    found = find_key(data_dir)
+    return found.secret if found is not None else PLACEHOLDER_KEY
 
 
 def client_environment(info: RuntimeInfo, key: str,
@@ -47,7 +50,8 @@ def client_environment(info: RuntimeInfo, key: str,
     host = reachable_host(url.hostname or "")
     run_host = _client_host(host, url)
     env = {"FAL_KEY": key, "FAL_RUN_HOST": run_host,
-           "FAL_QUEUE_RUN_HOST": f"{run_host}/queue"}
+           "FAL_QUEUE_RUN_HOST": f"{run_host}/queue",
+           "OPENFAL_SERVER": f"https://{run_host}", KEY_VARIABLE: key}
     if info.bundle_file:
         env["SSL_CERT_FILE"] = info.bundle_file
     if info.proxy_url:
@@ -59,8 +63,8 @@ def client_environment(info: RuntimeInfo, key: str,
 
 def env_command(data_dir: Path, server_url: str | None) -> int:
     """Print the exports; 1 with a reason on stderr when no usable server is running."""
-    info = load_runtime(data_dir)
-    if info is None or not info.is_alive():
+    info = running_server(data_dir)
+    if info is None:
         print(f"no openfal server is running on {data_dir}; start one with "
               f"`openfal serve --tls --data-dir {shlex.quote(str(data_dir))}`", file=sys.stderr)
         return 1

@@ -3,25 +3,45 @@
 from __future__ import annotations
 
 import shlex
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from openfal.cli import client, keys, models, webhooks
 from openfal.cli import env as env_cli
-from openfal.cli.options import DEFAULT_SERVER, JsonOption, ServerOption
+from openfal.cli.console import stdout as console
+from openfal.cli.options import (
+    DATA_DIR_VARIABLE,
+    DEFAULT_DATA_DIR,
+    DataDirOption,
+    JsonOption,
+    ServerOption,
+)
+from openfal.cli.target import Target
+from openfal.errors import ConfigError
 from openfal.fetch import NetworkPolicy
 from openfal.net.runtime import load_runtime
 from openfal.server import Platform, Settings
 from openfal.server import serve as serve_platform
 
-app = typer.Typer(help="openfal: a self-hosted generative-media inference platform.",
-                  no_args_is_help=True, add_completion=False)
-console = Console()
+HELP = ("openfal: a self-hosted generative-media inference platform.\n\n"
+        "The client commands (run, apps, runners, keys, usage, webhooks) find the server by "
+        "themselves: --server or OPENFAL_SERVER, else the server running on the data dir "
+        "(--data-dir or OPENFAL_DATA_DIR, default ~/.openfal), else http://127.0.0.1:8000. "
+        "They send the key in OPENFAL_KEY, else the data dir's admin.key; never FAL_KEY, "
+        "which is fal-client's (usually a key for the hosted platform).")
+RUN_HELP = ("Call an endpoint through the queue, showing its progress and logs, and print "
+            "the result.\n\n"
+            "At the end it prints how long the request took since it was submitted, and how "
+            "much of that it spent on its runner: the whole endpoint call, including loading "
+            "a model the first time a runner needs it. That can be far more than what an app "
+            "reports in its result (FLUX's timings.inference counts the image generation "
+            "alone).")
 
-DEFAULT_DATA_DIR = Path.home() / ".openfal"
+app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
+
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(webhooks.app, name="webhooks")
@@ -30,18 +50,20 @@ app.command()(keys.usage)
 
 @app.callback()
 def _root() -> None:
-    """openfal: a self-hosted generative-media inference platform."""
+    pass
 
 
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on (0 picks a free one).")] = 8000,
-    data_dir: Annotated[Path, typer.Option(help="Where state lives.")] = DEFAULT_DATA_DIR,
+    data_dir: Annotated[Path, typer.Option(
+        envvar=DATA_DIR_VARIABLE, help="Where state lives.")] = DEFAULT_DATA_DIR,
     app_refs: Annotated[list[str] | None, typer.Option(
         "--app", help="An app to serve, as path/to/file.py::ClassName (repeatable).")] = None,
     owner: Annotated[str, typer.Option(help="Owner part of the apps' endpoint ids.")] = "openfal",
-    no_builtin: Annotated[bool, typer.Option(help="Serve only the apps named.")] = False,
+    no_builtin: Annotated[bool, typer.Option(
+        "--no-builtin", help="Serve only the apps named.")] = False,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, in MiB.")] = 32,
     retention_days: Annotated[float, typer.Option(
         help="How long finished requests and their results are kept.")] = 30,
@@ -59,8 +81,8 @@ def serve(
         "10.0.0.0/8 (repeatable). Loopback, private and link-local addresses are refused "
         "otherwise.")] = None,
     no_auth: Annotated[bool, typer.Option(
-        help="Turn API keys off: every caller may do everything. Only for a private "
-        "machine.")] = False,
+        "--no-auth", help="Turn API keys off: every caller may do everything. Only for a "
+        "private machine.")] = False,
     key_concurrency: Annotated[int, typer.Option(
         help="Running requests one API key may have at once, unless set for the key "
         "(0: no limit).")] = 16,
@@ -83,6 +105,18 @@ def serve(
         "attempt (the defaults retry for about two hours).")] = 15,
     webhook_timeout_seconds: Annotated[float, typer.Option(
         min=0.1, help="Time limit of one webhook delivery attempt.")] = 15,
+    drain_seconds: Annotated[float, typer.Option(
+        min=0, help="On SIGTERM/SIGINT, how long running requests get to finish before the "
+        "rest is handed back; a second signal stops at once.")] = 30,
+    max_waiting_direct: Annotated[int, typer.Option(
+        min=0, help="Direct runs one key may have waiting for a runner; past it a direct run "
+        "gets 429 with Retry-After (0: no bound).")] = 32,
+    max_connections: Annotated[int, typer.Option(
+        min=1, help="Open connections accepted at once; past it new ones get a 503.")] = 2048,
+    header_timeout: Annotated[float, typer.Option(
+        min=0.1, help="Seconds a request's headers may take to arrive.")] = 10,
+    max_header_kb: Annotated[int, typer.Option(
+        min=1, help="Largest request head (request line and headers), in KiB.")] = 64,
 ) -> None:
     """Start the platform: gateway, queue and runners, with state in DATA_DIR."""
     if not tls and (tls_names or proxy_port is not None):
@@ -106,32 +140,42 @@ def serve(
                         tls=tls, tls_names=tls_names or [], proxy=proxy, proxy_port=proxy_port,
                         webhook_max_attempts=webhook_max_attempts,
                         webhook_retry_base_seconds=webhook_retry_base_seconds,
-                        webhook_timeout_seconds=webhook_timeout_seconds)
-
-    def announce(platform: Platform, url: str) -> None:
-        console.print(f"openfal listening on {url}", highlight=False)
-        console.print(f"data dir: {settings.data_dir}", highlight=False)
-        runtime = load_runtime(settings.data_dir)
-        if runtime is not None and runtime.proxy_url:
-            console.print(f"proxy for the fal hosts: {runtime.proxy_url}", highlight=False)
-        if tls:
-            console.print(f"fal-client: eval \"$(openfal env --data-dir "
-                          f"{shlex.quote(str(settings.data_dir))})\"", highlight=False)
-        for served in platform.registry.apps.values():
-            for endpoint_id in served.endpoint_ids():
-                console.print(f"  serving {endpoint_id}  ({served.ref})", highlight=False)
-        if not settings.auth:
-            console.print("[yellow]warning: --no-auth: anyone who can reach this server may "
-                          "use it and see every request[/yellow]")
-        elif platform.new_admin_key is not None:
-            console.print(f"created the first ADMIN key (shown once; also saved in "
-                          f"{settings.admin_key_path}):\n  {platform.new_admin_key}",
-                          highlight=False)
-
-    serve_platform(settings, on_ready=announce)
+                        webhook_timeout_seconds=webhook_timeout_seconds,
+                        drain_seconds=drain_seconds,
+                        max_waiting_direct_per_key=max_waiting_direct or None,
+                        max_connections=max_connections,
+                        header_timeout_seconds=header_timeout,
+                        max_header_bytes=max_header_kb * 1024)
+    try:
+        serve_platform(settings, on_ready=lambda platform, url: _announce(settings, platform,
+                                                                          url))
+    except ConfigError as exc:
+        # A mistake in how the server was started: the message says it all.
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
 
 
-@app.command()
+def _announce(settings: Settings, platform: Platform, url: str) -> None:
+    console.print(f"openfal listening on {url}")
+    console.print(f"data dir: {settings.data_dir}")
+    runtime = load_runtime(settings.data_dir)
+    if runtime is not None and runtime.proxy_url:
+        console.print(f"proxy for the fal hosts: {runtime.proxy_url}")
+    if settings.tls:
+        console.print(f"fal-client: eval \"$(openfal env --data-dir "
+                      f"{shlex.quote(str(settings.data_dir))})\"")
+    for served in platform.registry.apps.values():
+        for endpoint_id in served.endpoint_ids():
+            console.print(f"  serving {endpoint_id}  ({served.ref})")
+    if not settings.auth:
+        console.print("[yellow]warning: --no-auth: anyone who can reach this server may "
+                      "use it and see every request[/yellow]")
+    elif platform.new_admin_key is not None:
+        console.print(f"created the first ADMIN key (shown once; also saved in "
+                      f"{settings.admin_key_path}):\n  {platform.new_admin_key}")
+
+
+@app.command(help=RUN_HELP)
 def run(
     endpoint_id: Annotated[str, typer.Argument(help="The endpoint to call, e.g. openfal/echo.")],
     input_json: Annotated[str | None, typer.Option(
@@ -139,37 +183,39 @@ def run(
     args: Annotated[list[str] | None, typer.Option(
         "--arg", "-a", help="An input field as key=value; JSON values are parsed "
         "(repeatable, overrides --input).")] = None,
-    server: ServerOption = DEFAULT_SERVER,
+    server: ServerOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     output_dir: Annotated[Path | None, typer.Option(
         help="Download the result's files into this directory.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Call an endpoint through the queue, showing its progress and logs, and print the result."""
-    raise typer.Exit(client.run_command(server.rstrip("/"), endpoint_id, input_json, args or [],
-                                        output_dir, as_json))
+    raise typer.Exit(client.run_command(Target.find(server, data_dir), endpoint_id,
+                                        input_json, args or [], output_dir, as_json))
 
 
 @app.command()
-def apps(server: ServerOption = DEFAULT_SERVER, as_json: JsonOption = False) -> None:
+def apps(server: ServerOption = None, data_dir: DataDirOption = DEFAULT_DATA_DIR,
+         as_json: JsonOption = False) -> None:
     """List the endpoints the server serves."""
-    raise typer.Exit(client.apps_command(server.rstrip("/"), as_json))
+    raise typer.Exit(client.apps_command(Target.find(server, data_dir), as_json))
 
 
 @app.command()
-def runners(server: ServerOption = DEFAULT_SERVER, as_json: JsonOption = False) -> None:
+def runners(server: ServerOption = None, data_dir: DataDirOption = DEFAULT_DATA_DIR,
+            as_json: JsonOption = False) -> None:
     """List the server's runner processes."""
-    raise typer.Exit(client.runners_command(server.rstrip("/"), as_json))
+    raise typer.Exit(client.runners_command(Target.find(server, data_dir), as_json))
 
 
 @app.command()
 def env(
-    data_dir: Annotated[Path, typer.Option(
-        help="Data dir of the running `openfal serve --tls`.")] = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     server: Annotated[str | None, typer.Option(
         help="Use this URL for the server instead of the one it listens on.")] = None,
 ) -> None:
-    """Print shell exports that point the unchanged fal-client at the running server:
-    eval "$(openfal env)"."""
+    """Print exports that point fal-client and the openfal commands at the --tls server.
+
+    Usage: eval "$(openfal env)"."""
     raise typer.Exit(env_cli.env_command(data_dir.expanduser(), server))
 
 

@@ -6,16 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from openfal.cli.console import stdout as console
+from openfal.cli.console import table
 from openfal.models import flux, weights
 from openfal.models.tiny import TINY_KINDS, is_tiny_random, make_tiny
 
 app = typer.Typer(help="Model weights: what is present, and tiny random test models.",
                   no_args_is_help=True)
-console = Console()
-
 # Built-in app endpoints and the weights each one loads.
 APP_WEIGHTS: dict[str, str] = {
     "fal-ai/flux/schnell": flux.SCHNELL,
@@ -38,7 +36,7 @@ def _use_models_dir(models_dir: Path | None) -> None:
 def list_models(models_dir: ModelsDir = None) -> None:
     """Show, for each built-in model app, whether its weights are present and where."""
     _use_models_dir(models_dir)
-    table = Table("endpoint", "weights", "status", "path")
+    models = table("endpoint", "weights", "status", "path")
     for endpoint, hub_id in APP_WEIGHTS.items():
         found = weights.find_model(hub_id)
         if found is None:
@@ -47,12 +45,12 @@ def list_models(models_dir: ModelsDir = None) -> None:
             status, where = "[yellow]random test weights (noise)[/yellow]", str(found)
         else:
             status, where = "[green]present[/green]", str(found)
-        table.add_row(endpoint, hub_id, status, where)
-    table.add_row("openfal/tts", "espeak-ng (bundled by espeakng-loader)",
-                  "[red]missing[/red]" if weights.missing_modules("espeakng_loader")
-                  else "[green]present[/green]",
-                  "")
-    console.print(table)
+        models.add_row(endpoint, hub_id, status, where)
+    models.add_row("openfal/tts", "espeak-ng (bundled by espeakng-loader)",
+                   "[red]missing[/red]" if weights.missing_modules("espeakng_loader")
+                   else "[green]present[/green]",
+                   "")
+    console.print(models)
 
 
 @app.command("make-tiny")

@@ -5,25 +5,22 @@ from __future__ import annotations
 import json
 import time
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from openfal.cli.client import _checked, connect, reports_errors
-from openfal.cli.options import DEFAULT_SERVER, JsonOption, ServerOption
+from openfal.cli.console import stdout as console
+from openfal.cli.console import table
+from openfal.cli.options import DEFAULT_DATA_DIR, DataDirOption, JsonOption, ServerOption
+from openfal.cli.target import Target
 from openfal.server import Settings
 from openfal.webhooks.signing import DEFAULT_RETIRE_AFTER_SECONDS, KeyRing
 
 app = typer.Typer(help="Webhooks: delivery logs, redelivery and signing keys.",
                   no_args_is_help=True)
-console = Console(highlight=False)
-
 RequestIdArgument = Annotated[str, typer.Argument(help="The request's id.")]
 STATE_STYLES = {"delivered": "green", "failed": "red", "pending": "yellow"}
-DEFAULT_DATA_DIR = Path.home() / ".openfal"
 
 
 def _when(timestamp: float | None) -> str:
@@ -51,13 +48,13 @@ def print_webhook(webhook: dict[str, Any]) -> None:
     if not webhook["attempts"]:
         console.print("no attempts yet")
         return
-    table = Table("attempt", "started", "duration", "outcome")
+    attempts = table("attempt", "started", "duration", "outcome")
     for attempt in webhook["attempts"]:
         duration = attempt["duration"]
-        table.add_row(str(attempt["attempt"]), _when(attempt["started_at"]),
-                      "" if duration is None else f"{duration * 1000:.0f} ms",
-                      _outcome(attempt))
-    console.print(table)
+        attempts.add_row(str(attempt["attempt"]), _when(attempt["started_at"]),
+                         "" if duration is None else f"{duration * 1000:.0f} ms",
+                         _outcome(attempt))
+    console.print(attempts)
 
 
 def _print(webhook: dict[str, Any], as_json: bool) -> None:
@@ -68,23 +65,23 @@ def _print(webhook: dict[str, Any], as_json: bool) -> None:
 
 
 @reports_errors
-def _show(server: str, request_id: str, as_json: bool) -> int:
-    with connect(server) as client:
+def _show(target: Target, request_id: str, as_json: bool) -> int:
+    with connect(target) as client:
         webhook = _checked(client.get(f"/api/requests/{request_id}/webhooks")).json()
     _print(webhook, as_json)
     return 0
 
 
 @app.command()
-def show(request_id: RequestIdArgument, server: ServerOption = DEFAULT_SERVER,
-         as_json: JsonOption = False) -> None:
+def show(request_id: RequestIdArgument, server: ServerOption = None,
+         data_dir: DataDirOption = DEFAULT_DATA_DIR, as_json: JsonOption = False) -> None:
     """Show a request's webhook: its target, state and every delivery attempt."""
-    raise typer.Exit(_show(server.rstrip("/"), request_id, as_json))
+    raise typer.Exit(_show(Target.find(server, data_dir), request_id, as_json))
 
 
 @reports_errors
-def _redeliver(server: str, request_id: str, as_json: bool) -> int:
-    with connect(server) as client:
+def _redeliver(target: Target, request_id: str, as_json: bool) -> int:
+    with connect(target) as client:
         webhook = _checked(client.post(
             f"/api/requests/{request_id}/webhooks/redeliver")).json()
     if not as_json:
@@ -94,15 +91,15 @@ def _redeliver(server: str, request_id: str, as_json: bool) -> int:
 
 
 @app.command()
-def redeliver(request_id: RequestIdArgument, server: ServerOption = DEFAULT_SERVER,
-              as_json: JsonOption = False) -> None:
+def redeliver(request_id: RequestIdArgument, server: ServerOption = None,
+              data_dir: DataDirOption = DEFAULT_DATA_DIR, as_json: JsonOption = False) -> None:
     """Deliver a finished request's webhook again now, with a fresh set of retries."""
-    raise typer.Exit(_redeliver(server.rstrip("/"), request_id, as_json))
+    raise typer.Exit(_redeliver(Target.find(server, data_dir), request_id, as_json))
 
 
 @app.command("rotate-key")
 def rotate_key(
-    data_dir: Annotated[Path, typer.Option(help="Data dir of the server.")] = DEFAULT_DATA_DIR,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
     retire_after_hours: Annotated[float, typer.Option(
         help="How long the JWKS keeps publishing the previous keys.")]
         = DEFAULT_RETIRE_AFTER_SECONDS / 3600,

@@ -58,10 +58,20 @@ class QueueFull(Exception):
     pass
 
 
+class ShuttingDown(Exception):
+    """The server is draining: it takes no new work (callers may retry elsewhere/later)."""
+
+
+class TooManyWaiting(Exception):
+    """The caller's key already has its bound of direct runs waiting for a runner."""
+
+
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, *, retention_seconds: float,
-                 runner_env: dict[str, str] | None = None):
+                 runner_env: dict[str, str] | None = None,
+                 max_waiting_direct_per_key: int | None = None):
         self.store = store
+        self.max_waiting_direct_per_key = max_waiting_direct_per_key
         self.runner_env = runner_env or {}
         self.registry = registry
         self.retention_seconds = retention_seconds
@@ -69,6 +79,12 @@ class Dispatcher:
         self.pools: dict[str, AppPool] = {}
         # Running attempts per API key, for per-key concurrency limits.
         self.running_by_key: Counter[str] = Counter()
+        # Direct runs waiting for a runner per API key (bounded: abandoned callers are
+        # cancelled, but a flood of live ones must not starve everyone else).
+        self.waiting_direct_by_key: Counter[str] = Counter()
+        self.accepting = True
+        self.drained = False  # set once a shutdown drain is over: status streams end
+        self._attempt_ended = asyncio.Event()
         self.recent: OrderedDict[str, tuple[RequestRecord, list[LogEntry]]] = OrderedDict()
         self._background: set[asyncio.Task] = set()
         # Called once a finished request's webhook is committed (the delivery worker's wake).
@@ -126,6 +142,7 @@ class Dispatcher:
 
     async def submit(self, job: Job, max_queue_length: int | None = None) -> None:
         """Accept a queued request: returns once it is committed to the store."""
+        self._check_accepting()
         pool = self.pools[job.app_id]
         if max_queue_length is not None and pool.queued_requests() >= max_queue_length:
             raise QueueFull(pool.queued_requests())
@@ -134,16 +151,40 @@ class Dispatcher:
         self._arm_start_deadline(job)
         pool.enqueue(job)
 
-    async def run_direct(self, job: Job) -> Outcome:
-        """Run a request now, without the queue's durability or retries."""
+    def start_direct(self, job: Job) -> asyncio.Future[Outcome]:
+        """Place a request to run now, without the queue's durability or retries; the
+        future resolves to its outcome. Whoever stops waiting for it calls ``cancel``."""
+        self._check_accepting()
+        if job.key_id is not None:
+            bound = self.max_waiting_direct_per_key
+            if bound is not None and self.waiting_direct_by_key[job.key_id] >= bound:
+                raise TooManyWaiting(bound)
+            self.waiting_direct_by_key[job.key_id] += 1
+            job.counted_waiting = True
         self.jobs[job.id] = job
         self._arm_start_deadline(job)
         self.pools[job.app_id].enqueue(job)
+        return job.done
+
+    async def run_direct(self, job: Job) -> Outcome:
+        """``start_direct``, awaited: cancelling the caller cancels the request."""
+        done = self.start_direct(job)
         try:
-            return await asyncio.shield(job.done)
+            return await asyncio.shield(done)
         except asyncio.CancelledError:
             self.cancel(job.id)
             raise
+
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise ShuttingDown()
+
+    def _stop_waiting(self, job: Job) -> None:
+        if job.counted_waiting:
+            job.counted_waiting = False
+            self.waiting_direct_by_key[job.key_id] -= 1
+            if not self.waiting_direct_by_key[job.key_id]:
+                del self.waiting_direct_by_key[job.key_id]
 
     def cancel(self, request_id: str) -> CancelResult:
         job = self.jobs.get(request_id)
@@ -188,10 +229,13 @@ class Dispatcher:
 
     # Attempts
     def _start_attempt(self, job: Job, runner: RunnerHandle) -> None:
+        self._stop_waiting(job)
         job.attempts += 1
         if job.key_id is not None:
             self.running_by_key[job.key_id] += 1
         now = time.time()
+        if job.started_at is None:
+            job.started_at = now
         attempt = Attempt(job=job, number=job.attempts, attempt_id=str(uuid.uuid4()),
                           runner=runner, started_at=now)
         job.attempt = attempt
@@ -268,10 +312,7 @@ class Dispatcher:
     def _end_attempt(self, attempt: Attempt, outcome: Outcome, retry: bool) -> None:
         """Record how an attempt ended; retry it (``retry`` and the job allows) or finish."""
         job = attempt.job
-        if attempt.timer is not None:
-            attempt.timer.cancel()
-        job.attempt = None
-        self._key_slot_freed(job)
+        self._release_attempt(attempt)
         failed = outcome.status >= 500 or outcome.status == 499
         if job.mode is Mode.QUEUE:
             self.store.end_attempt(job.id, attempt.number, time.time(),
@@ -294,6 +335,13 @@ class Dispatcher:
             outcome.error = _body_detail(outcome.body)
             outcome.headers.setdefault("x-fal-error-type", outcome.error_type)
         self._finish(job, outcome)
+
+    def _release_attempt(self, attempt: Attempt) -> None:
+        if attempt.timer is not None:
+            attempt.timer.cancel()
+        attempt.job.attempt = None
+        self._key_slot_freed(attempt.job)
+        self._attempt_ended.set()
 
     def _on_setup_failure(self, pool: AppPool, setup: SetupFailed) -> None:
         if setup.answer is not None:
@@ -332,14 +380,14 @@ class Dispatcher:
         if job.finished:
             return
         job.finished = True
+        self._stop_waiting(job)
         if job.deadline_timer is not None:
             job.deadline_timer.cancel()
         finished_at = time.time()
         if job.mode is Mode.QUEUE:
-            self._spawn(self._commit(job, outcome, finished_at))
+            self._spawn(self._commit(job, outcome, finished_at), name=f"commit {job.id}")
             return
-        if job.recorded:
-            self.store.add_request(self._finished_record(job, outcome, finished_at))
+        self.store.add_request(self._finished_record(job, outcome, finished_at))
         self._publish(job, outcome)
 
     async def _commit(self, job: Job, outcome: Outcome, finished_at: float) -> None:
@@ -396,7 +444,59 @@ class Dispatcher:
         record.error, record.error_type = outcome.error, outcome.error_type
         record.inference_time = outcome.inference_time
         record.billable_units = outcome.billable_units
+        if not job.store_io:
+            record.payload, record.result_body = b"", None
         return record
+
+    # Shutdown
+    def running_attempts(self) -> list[Attempt]:
+        return [attempt for pool in self.pools.values() for runner in pool.runners.values()
+                for attempt in runner.in_flight.values()]
+
+    async def drain(self, grace_seconds: float) -> int:
+        """Stop taking work and let running requests finish for up to ``grace_seconds``;
+        then hand back what is still running. Returns how many requests were handed back.
+
+        Queued requests that have not started stay in the store and resume after a restart;
+        direct callers still waiting are answered 503 at once (they can retry).
+        """
+        self.accepting = False
+        for pool in self.pools.values():
+            pool.paused = True
+            # Queued requests stay where they are (and IN_QUEUE in the store).
+            for job in pool.take_waiting(Priority.DIRECT):
+                self._finish(job, _shutting_down())
+        deadline = time.monotonic() + grace_seconds
+        while self.running_attempts() and (left := deadline - time.monotonic()) > 0:
+            self._attempt_ended.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._attempt_ended.wait(), left)
+        running = self.running_attempts()
+        for attempt in running:
+            self._hand_back(attempt)
+        # Outcomes being committed are part of finishing.
+        commits = [task for task in self._background if task.get_name().startswith("commit")]
+        if commits:
+            await asyncio.wait(commits, timeout=max(1.0, deadline - time.monotonic()))
+        self.drained = True
+        for job in list(self.jobs.values()):
+            job.notify()
+        return len(running)
+
+    def _hand_back(self, attempt: Attempt) -> None:
+        """End a running attempt because the server is stopping: a queued request goes back
+        to the queue without using up a retry; a direct caller gets a retryable 503."""
+        job = attempt.job
+        attempt.runner.in_flight.pop(job.id, None)
+        self._release_attempt(attempt)
+        attempt.runner.kill()
+        if job.mode is Mode.QUEUE:
+            job.status = Status.IN_QUEUE
+            job.options["handed_back"] = job.options.get("handed_back", 0) + 1
+            self.store.hand_back(job.id, attempt.number, time.time(), job.options)
+            job.notify()
+        else:
+            self._finish(job, _shutting_down())
 
     # Housekeeping
     async def _purge_loop(self) -> None:
@@ -412,8 +512,8 @@ class Dispatcher:
                     log.info("removed %d requests past their retention", removed)
             await asyncio.sleep(interval)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
+    def _spawn(self, coro: Any, name: str | None = None) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -424,6 +524,11 @@ class Dispatcher:
     def runners(self) -> list[dict[str, Any]]:
         return [runner.describe() for pool in self.pools.values()
                 for runner in pool.runners.values()]
+
+
+def _shutting_down() -> Outcome:
+    return failure(503, "The server is shutting down; try again", "server_shutting_down",
+                   {"retry-after": "1"})
 
 
 def _needs_retry(status: int, headers: dict[str, str]) -> bool:

@@ -51,9 +51,11 @@ class Job:
     key_id: str | None = None  # the API key that made it; None: anonymous
     # "msgpack" for realtime messages; results then come back msgpack-encoded too.
     encoding: Encoding = "json"
-    # Whether a direct request is written to the store when it ends (not realtime messages).
-    recorded: bool = True
+    # Whether its input and result are kept in the store (realtime frames are not: only
+    # the request itself is recorded, for usage).
+    store_io: bool = True
     attempts: int = 0
+    started_at: float | None = None  # when its first attempt started
     status: Status = Status.IN_QUEUE
     attempt: Attempt | None = None
     logs: list[LogEntry] = field(default_factory=list)
@@ -62,6 +64,8 @@ class Job:
     latest_partial: bytes | None = None
     partials: asyncio.Queue[bytes] | None = None
     cancel_requested: bool = False
+    # Counted among its key's direct runs waiting for a runner (Dispatcher.run_direct).
+    counted_waiting: bool = False
     finished: bool = False
     done: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -85,10 +89,15 @@ class Job:
         """Running requests the submitting key may have at once."""
         return self.options.get("key_limit")
 
+    @property
+    def counted_attempts(self) -> int:
+        """Attempts that used up a retry: those handed back at a shutdown did not."""
+        return self.attempts - self.options.get("handed_back", 0)
+
     def may_retry(self) -> bool:
         deadline = self.start_deadline
         return (self.mode is Mode.QUEUE and not self.no_retry and not self.cancel_requested
-                and self.attempts < MAX_ATTEMPTS
+                and self.counted_attempts < MAX_ATTEMPTS
                 and (deadline is None or time.time() < deadline))
 
     def changed(self) -> asyncio.Event:
@@ -104,7 +113,8 @@ class Job:
             id=self.id, app_id=self.app_id, endpoint_id=self.endpoint_id, path=self.path,
             mode=self.mode, status=self.status, payload=self.payload,
             created_at=self.created_at, priority=int(self.priority), headers=self.headers,
-            options=self.options, attempts=self.attempts, key_id=self.key_id)
+            options=self.options, attempts=self.attempts, key_id=self.key_id,
+            started_at=self.started_at)
 
     @classmethod
     def from_record(cls, record: RequestRecord) -> Job:
@@ -112,4 +122,5 @@ class Job:
                    path=record.path, mode=record.mode, payload=record.payload,
                    headers=record.headers, priority=Priority(record.priority),
                    created_at=record.created_at, options=record.options,
-                   attempts=record.attempts, key_id=record.key_id)
+                   attempts=record.attempts, key_id=record.key_id,
+                   started_at=record.started_at)

@@ -41,6 +41,7 @@ class AppPool:
         self._on_setup_failure = on_setup_failure
         self._spawn_blocked_until = 0.0
         self._scale_scheduled = False
+        self.paused = False  # draining for shutdown: nothing more is placed or started
         self._tasks: set[asyncio.Task] = set()
 
     # Waiting requests
@@ -74,15 +75,19 @@ class AppPool:
                         return ahead + i
         return ahead
 
-    def take_waiting(self) -> list[Job]:
-        jobs = [job for queue in self.queues.values() for job in queue]
-        for queue in self.queues.values():
+    def take_waiting(self, *priorities: Priority) -> list[Job]:
+        """Remove and return the waiting requests of these priorities (default: all)."""
+        queues = [self.queues[p] for p in priorities or Priority]
+        jobs = [job for queue in queues for job in queue]
+        for queue in queues:
             queue.clear()
         return jobs
 
     # Placement
     def pump(self) -> None:
         """Hand waiting requests to runners with room, then scale to the demand."""
+        if self.paused:
+            return
         while (job := self._next_job()) is not None:
             runner = self._pick_runner(job.runner_hint)
             if runner is None:
@@ -116,6 +121,8 @@ class AppPool:
         return [r for r in self.runners.values() if not r.draining]
 
     def _scale(self) -> None:
+        if self.paused:
+            return
         busy = sum(len(r.in_flight) for r in self._live_runners())
         needed = math.ceil((busy + self.waiting()) / self.config.max_multiplexing)
         target = min(max(self.config.min_concurrency, needed), self.config.max_concurrency)

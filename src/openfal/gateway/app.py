@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
@@ -107,6 +107,12 @@ async def _starlette_error(request: Request, exc: Exception) -> Response:
     return json_response({"detail": exc.detail}, exc.status_code, exc.headers)
 
 
+async def _client_disconnected(request: Request, exc: Exception) -> Response:
+    log.info("%s %s: the client disconnected before sending the whole body",
+             request.method, request.url.path)
+    return Response(status_code=499)  # never sent: there is nobody to send it to
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return json_response({"detail": "Internal Server Error", "error_type": "internal_error"},
@@ -130,6 +136,7 @@ def create_app(platform: Platform,
         middleware=[Middleware(HostRouting)],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
+                            ClientDisconnect: _client_disconnected,
                             Exception: _unexpected_error},
     )
     app.state.platform = platform

@@ -52,7 +52,9 @@ async def openapi(request: Request) -> Response:
 
 async def runners(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    return json_response({"runners": platform.dispatcher.runners()})
+    dispatcher = platform.dispatcher
+    return json_response({"runners": dispatcher.runners(),
+                          "waiting_direct_by_key": dict(dispatcher.waiting_direct_by_key)})
 
 
 async def attempts(request: Request) -> Response:

@@ -10,10 +10,10 @@ import pydantic_core
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from openfal.dispatcher.dispatcher import CancelResult, QueueFull
+from openfal.dispatcher.dispatcher import CancelResult, QueueFull, ShuttingDown
 from openfal.dispatcher.jobs import Job
 from openfal.gateway.auth import ensure_visible
-from openfal.gateway.http import HTTPError, json_response
+from openfal.gateway.http import HTTPError, json_response, shutting_down
 from openfal.gateway.intake import (
     callable_endpoint,
     forwarded_headers,
@@ -47,6 +47,8 @@ async def submit(request: Request) -> Response:
     except QueueFull:
         raise HTTPError(429, f"The queue of {app.app_id} is longer than {limit}",
                         "queue_full") from None
+    except ShuttingDown:
+        raise shutting_down() from None
     body = {"status": Status.IN_QUEUE.value, "request_id": job.id,
             **queue_urls(request, job.app_id, job.id),
             "queue_position": platform.dispatcher.queue_position(job)}
@@ -166,8 +168,8 @@ async def status_stream(request: Request) -> Response:
                 body["partial"] = pydantic_core.from_json(partial)
                 sent_partial = partial
             yield b"data: " + pydantic_core.to_json(body) + b"\n\n"
-            if changed is None:
-                return
+            if changed is None or platform.dispatcher.drained:
+                return  # finished, or the server is stopping (the client reconnects)
             while not changed.is_set():
                 try:
                     await asyncio.wait_for(changed.wait(), KEEPALIVE_SECONDS)

@@ -5,7 +5,9 @@ text frames are accepted as input too); errors and control messages are JSON tex
 ``{"type": "x-fal-error", "error": ..., "reason": ...}``. Each input runs as one direct
 request on the app's runners, so placement, multiplexing and scaling are the same as HTTP.
 A session that sends nothing for the endpoint's ``session_timeout`` is told ``TIMEOUT`` and
-closed with a normal close (1000).
+closed with a normal close (1000). A session acts for a key (the one it sent, or the one that
+minted its token): messages count against that key's concurrency limit and usage, and
+revoking the key ends the session.
 """
 
 from __future__ import annotations
@@ -21,14 +23,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.auth import tokens
-from openfal.auth.keys import Principal
+from openfal.auth.keys import EVERYONE, AuthError, Principal
+from openfal.dispatcher.dispatcher import ShuttingDown, TooManyWaiting
 from openfal.dispatcher.jobs import Job, Priority
+from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.gateway.auth import identify
 from openfal.gateway.http import HTTPError
 from openfal.gateway.intake import forwarded_headers
 from openfal.gateway.run import next_partial
 from openfal.server import Platform
-from openfal.store.base import Mode
+from openfal.store.base import Mode, Outcome
 
 NORMAL_CLOSE = 1000
 POLICY_VIOLATION = 1008
@@ -42,45 +46,89 @@ async def session(websocket: WebSocket) -> None:
         return
     app, spec = found
     await websocket.accept()
-    if not await _authorized(websocket, platform, app):
-        return
-    caller = identify(websocket)
-    assert spec.realtime is not None and spec.input_model is not None
-    timeout = spec.realtime.session_timeout
     try:
-        while True:
-            try:
-                message = await asyncio.wait_for(websocket.receive(), timeout)
-            except TimeoutError:
-                await _send_error(websocket, "TIMEOUT", "no inputs, reconnect when needed!")
-                await websocket.close(code=NORMAL_CLOSE)
-                return
-            if message["type"] == "websocket.disconnect":
-                return
-            await _answer(websocket, platform, app, spec, message, caller)
+        caller = _caller(websocket, platform, app)
+    except (tokens.TokenError, AuthError, HTTPError) as exc:
+        await _refuse(websocket, exc.detail if isinstance(exc, HTTPError) else str(exc))
+        return
+    try:
+        requested_lifecycle(websocket.headers)
+    except InvalidLifecycle as exc:
+        await _send_error(websocket, "VALIDATION_ERROR", json.dumps(exc.detail))
+        await websocket.close(code=POLICY_VIOLATION)
+        return
+    assert spec.realtime is not None and spec.input_model is not None
+    revoked = asyncio.Event()
+    stop_watching = (platform.keyring.on_revoke(caller.key_id, revoked.set)
+                     if caller is not None and caller.key_id is not None else None)
+    try:
+        await _serve(websocket, platform, app, spec, caller, revoked)
     except WebSocketDisconnect:
         return
+    finally:
+        if stop_watching is not None:
+            stop_watching()
 
 
-async def _authorized(websocket: WebSocket, platform: Platform, app: ServedApp) -> bool:
-    """A realtime token (``fal_jwt_token``) for this app, or an API key, unless the app is
-    public; otherwise the session ends with an Unauthorized frame."""
-    token = websocket.query_params.get("fal_jwt_token")
+async def _serve(websocket: WebSocket, platform: Platform, app: ServedApp, spec: Any,
+                 caller: Principal | None, revoked: asyncio.Event) -> None:
+    """Answer the session's messages until it ends: the client leaves, it stays silent past
+    the endpoint's ``session_timeout``, or its key is revoked."""
+    timeout = spec.realtime.session_timeout
+    while True:
+        message = await _next_message(websocket, revoked, timeout)
+        if message is None:
+            await _send_error(websocket, "TIMEOUT", "no inputs, reconnect when needed!")
+            await websocket.close(code=NORMAL_CLOSE)
+            return
+        if revoked.is_set():
+            await _refuse(websocket, "the API key was revoked")
+            return
+        if message["type"] == "websocket.disconnect":
+            return
+        await _answer(websocket, platform, app, spec, message, caller)
+
+
+async def _next_message(websocket: WebSocket, revoked: asyncio.Event,
+                        timeout: float) -> dict[str, Any] | None:
+    """The next frame; an empty dict once the key is revoked; None after ``timeout``."""
+    receiving = asyncio.ensure_future(websocket.receive())
+    revocation = asyncio.ensure_future(revoked.wait())
     try:
-        if token is not None:
-            tokens.verify(platform.signer, token, app.cls.app_name)
-        elif identify(websocket) is None and app.cls.app_auth != "public":
+        done, _ = await asyncio.wait({receiving, revocation}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        revocation.cancel()
+    if receiving in done:
+        return receiving.result()
+    receiving.cancel()
+    return {"type": "revoked"} if revocation in done else None
+
+
+def _caller(websocket: WebSocket, platform: Platform, app: ServedApp) -> Principal | None:
+    """Who the session acts for: the key that minted its realtime token
+    (``fal_jwt_token``), or the API key it sent; None for anyone on a public app.
+    Raises when neither is valid and the app is not public."""
+    token = websocket.query_params.get("fal_jwt_token")
+    if token is None:
+        caller = identify(websocket)
+        if caller is None and app.cls.app_auth != "public":
             raise tokens.TokenError("a realtime token or an API key is needed")
-    except (tokens.TokenError, HTTPError) as exc:
-        # Both clients' shapes: the JS client drops the token on {status, error}; the
-        # Python client raises on x-fal-error.
-        reason = exc.detail if isinstance(exc, HTTPError) else str(exc)
-        await websocket.send_text(json.dumps({
-            "type": "x-fal-error", "status": "error", "error": "Unauthorized",
-            "reason": reason}))
-        await websocket.close(code=POLICY_VIOLATION)
-        return False
-    return True
+        return caller
+    key_id = tokens.verify(platform.signer, token, app.cls.app_name)
+    if not platform.settings.auth:
+        return EVERYONE
+    if key_id is None:
+        raise tokens.TokenError("the token names no API key; mint a new one")
+    return platform.keyring.principal(key_id)
+
+
+async def _refuse(websocket: WebSocket, reason: str) -> None:
+    """End the session with an Unauthorized frame, in both clients' shapes: the JS client
+    drops its token on ``{status, error}``; the Python client raises on ``x-fal-error``."""
+    await websocket.send_text(json.dumps({
+        "type": "x-fal-error", "status": "error", "error": "Unauthorized", "reason": reason}))
+    await websocket.close(code=POLICY_VIOLATION)
 
 
 def _decode(message: dict[str, Any]) -> Any:
@@ -111,14 +159,23 @@ async def _answer(websocket: WebSocket, platform: Platform, app: ServedApp, spec
         forwarded_headers(websocket), Mode.DIRECT, Priority.DIRECT,
         {} if limit is None else {"key_limit": limit}, key_id)
     job.encoding = "msgpack"
-    job.recorded = False
+    job.store_io = False  # counted in usage; frames are not kept
     job.partials = asyncio.Queue()
-    await _run(websocket, platform, job)
+    try:
+        running = platform.dispatcher.start_direct(job)
+    except TooManyWaiting as exc:
+        await _send_error(websocket, "CONCURRENCY_LIMIT",
+                          f"this key already has {exc.args[0]} requests waiting")
+        return
+    except ShuttingDown:
+        await _send_error(websocket, "SERVER_SHUTTING_DOWN", "the server is shutting down")
+        return
+    await _run(websocket, platform, job, running)
 
 
-async def _run(websocket: WebSocket, platform: Platform, job: Job) -> None:
+async def _run(websocket: WebSocket, platform: Platform, job: Job,
+               running: asyncio.Future[Outcome]) -> None:
     assert job.partials is not None
-    running = asyncio.ensure_future(platform.dispatcher.run_direct(job))
     try:
         while (partial := await next_partial(job.partials, running)) is not None:
             await websocket.send_bytes(partial)

@@ -1,18 +1,25 @@
 """The run API: ``POST /{endpoint_id}`` runs a request now and answers with its result;
 ``POST /{endpoint_id}/stream`` answers server-sent events, one per partial result, the last
-one being the final result."""
+one being the final result.
+
+A direct request lives only as long as its caller: when the client goes away before the
+answer, the request is cancelled (queued ones are not tied to a connection)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive
 
+from openfal.dispatcher.dispatcher import ShuttingDown, TooManyWaiting
 from openfal.dispatcher.jobs import Job, Priority
-from openfal.gateway.http import HTTPError
+from openfal.gateway.http import HTTPError, shutting_down
 from openfal.gateway.intake import (
     callable_endpoint,
     forwarded_headers,
@@ -22,6 +29,8 @@ from openfal.gateway.intake import (
 )
 from openfal.server import Platform
 from openfal.store.base import Mode, Outcome
+
+log = logging.getLogger(__name__)
 
 
 async def _direct_job(request: Request) -> tuple[Platform, Job]:
@@ -46,16 +55,56 @@ def _outcome_response(job: Job, outcome: Outcome) -> Response:
     return Response(outcome.body, outcome.status, headers, media_type="application/json")
 
 
+def _run_direct(platform: Platform, job: Job) -> asyncio.Future[Outcome]:
+    """Start the job; the dispatcher's refusals become HTTP errors."""
+    try:
+        return platform.dispatcher.start_direct(job)
+    except ShuttingDown:
+        raise shutting_down() from None
+    except TooManyWaiting as exc:
+        raise HTTPError(429, f"This key already has {exc.args[0]} direct requests waiting "
+                        "for a runner", "concurrency_limit", {"retry-after": "1"}) from None
+
+
+async def _until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:
+    """Wait for ``work``; True if the client went away first (the body has been read, so
+    the next message the server gives is the disconnect)."""
+    disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+    return not work.done()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def run(request: Request) -> Response:
     platform, job = await _direct_job(request)
-    return _outcome_response(job, await platform.dispatcher.run_direct(job))
+    running = _run_direct(platform, job)
+    if await _until_disconnected(request.receive, running):
+        return _abandoned(platform, job)
+    return _outcome_response(job, running.result())
+
+
+def _abandoned(platform: Platform, job: Job) -> Response:
+    platform.dispatcher.cancel(job.id)
+    log.info("request %s: the client went away; cancelled", job.id)
+    return Response(status_code=499)  # never sent: there is nobody to send it to
 
 
 async def stream(request: Request) -> Response:
     platform, job = await _direct_job(request)
     job.partials = asyncio.Queue()
-    running = asyncio.ensure_future(platform.dispatcher.run_direct(job))
-    first = await next_partial(job.partials, running)
+    running = _run_direct(platform, job)
+    first_partial = asyncio.ensure_future(next_partial(job.partials, running))
+    if await _until_disconnected(request.receive, first_partial):
+        first_partial.cancel()
+        return _abandoned(platform, job)
+    first = first_partial.result()
     if first is None and not running.result().ok:
         # Nothing was streamed yet: fail as a plain HTTP error the clients understand.
         return _outcome_response(job, running.result())

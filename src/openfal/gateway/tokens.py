@@ -8,6 +8,7 @@ from starlette.responses import Response
 
 from openfal.app.errors import validation_detail
 from openfal.auth import tokens
+from openfal.gateway.auth import principal
 from openfal.gateway.http import HTTPError, json_response, read_body
 from openfal.server import Platform
 
@@ -26,5 +27,7 @@ async def mint(request: Request) -> Response:
         asked = TokenRequest.model_validate_json(body or b"{}")
     except ValidationError as exc:
         raise HTTPError(422, validation_detail(exc)) from None
-    token = tokens.mint(platform.signer, asked.allowed_apps, asked.token_expiration)
+    caller = principal(request)
+    token = tokens.mint(platform.signer, asked.allowed_apps, asked.token_expiration,
+                        caller.key_id if caller is not None else None)
     return json_response(token, 201)

@@ -23,6 +23,7 @@ import logging
 import socket
 from http import HTTPStatus
 
+from openfal.errors import ConfigError
 from openfal.net.hosts import is_platform_host
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,8 @@ class ConnectProxy:
         try:
             sock = socket.create_server((PROXY_HOST, port))
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen for the proxy on {PROXY_HOST}:{port} "
-                          f"({exc.strerror}); choose another with --proxy-port") from None
+            raise ConfigError(f"cannot listen for the proxy on {PROXY_HOST}:{port} "
+                              f"({exc.strerror}); choose another with --proxy-port") from None
         return cls(sock, platform)
 
     @property

@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from openfal.net.atomic import write_atomic
+from openfal.net.hosts import reachable_host
 from openfal.net.tls import TLSFiles
 
 
@@ -45,6 +46,12 @@ class RuntimeInfo:
                    ca_file=str(tls.ca_cert) if tls else None,
                    bundle_file=str(tls.bundle) if tls else None)
 
+    @property
+    def reachable_url(self) -> str:
+        """The URL a client on this machine uses (``url`` may name an any-address)."""
+        host = reachable_host(self.host)
+        return f"{self.scheme}://{f'[{host}]' if ':' in host else host}:{self.port}"
+
     def is_alive(self) -> bool:
         """Whether the process that wrote this still exists."""
         try:
@@ -67,6 +74,16 @@ def load_runtime(data_dir: Path) -> RuntimeInfo | None:
     except FileNotFoundError:
         return None
     return RuntimeInfo(**data)
+
+
+def running_server(data_dir: Path) -> RuntimeInfo | None:
+    """The server serving on ``data_dir`` now; None when none is, or ``server.json`` cannot
+    be read (a client then falls back to its defaults)."""
+    try:
+        info = load_runtime(data_dir)
+    except (OSError, ValueError, TypeError):
+        return None
+    return info if info is not None and info.is_alive() else None
 
 
 class RuntimeFile:

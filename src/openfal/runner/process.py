@@ -2,10 +2,12 @@
 
 Started by the gateway with one end of a socketpair. It imports the app, runs ``setup()``
 once, says ``ready``, then serves ``run`` messages, up to ``max_multiplexing`` at a time.
-Sync endpoints run in worker threads, async ones as tasks. ``print``/``logging`` output and
-progress calls are sent back tagged with the request id. When the gateway goes away (the
-channel closes) the runner exits at once, so a request never outlives the gateway that
-handed it out.
+Sync endpoints run in worker threads, async ones as tasks. ``print``/``logging``/``warnings``
+output and progress calls are sent back tagged with the request id. Output that belongs to
+no request (importing the app, ``setup()``, any module imported later, threads of its own)
+goes to the runner's stderr, the server's log. When the gateway goes away (the channel
+closes) the runner exits at once, so a request never outlives the gateway that handed it
+out.
 """
 
 from __future__ import annotations
@@ -39,6 +41,27 @@ from openfal.app.media import configure as configure_media
 from openfal.runner.environment import media_config_from_environment
 from openfal.runner.protocol import encode, read_message
 
+# Where the import system runs a module's body: output from below these frames is the
+# module's, however deep in a request the import happened.
+_IMPORT_FRAMES = frozenset({"<frozen importlib._bootstrap>",
+                            "<frozen importlib._bootstrap_external>"})
+
+
+def _request_for_output() -> RequestContext | None:
+    """The request that output produced now belongs to: the current one, unless a module is
+    being imported. Libraries print notices while they load (transformers' torchvision
+    notice, deprecations), once per process, and that is not the request's doing: it would
+    land in the logs of whichever request happened to import them first."""
+    ctx = current_request()
+    if ctx is None:
+        return None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename in _IMPORT_FRAMES:
+            return None
+        frame = frame.f_back
+    return ctx
+
 
 class _RequestOutput(io.TextIOBase):
     """Routes writes made while serving a request into that request's logs."""
@@ -53,7 +76,7 @@ class _RequestOutput(io.TextIOBase):
         return True
 
     def write(self, text: str) -> int:
-        ctx = current_request()
+        ctx = _request_for_output()
         if ctx is None:
             return self._original.write(text)
         with self._lock:
@@ -88,7 +111,7 @@ class _RequestLogHandler(logging.Handler):
         self._fallback = fallback
 
     def emit(self, record: logging.LogRecord) -> None:
-        ctx = current_request()
+        ctx = _request_for_output()
         message = self.format(record)
         if ctx is None:
             self._fallback.write(message + "\n")
@@ -96,8 +119,25 @@ class _RequestLogHandler(logging.Handler):
             ctx.log(message, level=_CLIENT_LEVELS.get(record.levelname, record.levelname))
 
 
+def capture_output() -> tuple[_RequestOutput, _RequestOutput]:
+    """Route ``print``, ``warnings`` and ``logging`` output to the request it belongs to.
+
+    Done before the app is imported, so that the handlers libraries make at import time
+    (bound to the ``sys.stderr`` of that moment) route their output the same way."""
+    fallback = sys.stderr
+    outputs = _RequestOutput(sys.stdout, "INFO"), _RequestOutput(sys.stderr, "STDERR")
+    sys.stdout, sys.stderr = outputs
+    handler = _RequestLogHandler(fallback)
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    return outputs
+
+
 class Runner:
-    def __init__(self, app_cls: type[App], writer: asyncio.StreamWriter):
+    def __init__(self, app_cls: type[App], writer: asyncio.StreamWriter,
+                 outputs: tuple[_RequestOutput, _RequestOutput]):
         self.app_cls = app_cls
         self.app = app_cls()
         self.writer = writer
@@ -106,8 +146,7 @@ class Runner:
         self.requests: dict[str, tuple[RequestContext, asyncio.Task]] = {}
         self.executor = ThreadPoolExecutor(max_workers=app_cls.max_multiplexing + 1,
                                            thread_name_prefix="openfal-endpoint")
-        self.stdout = _RequestOutput(sys.stdout, "INFO")
-        self.stderr = _RequestOutput(sys.stderr, "STDERR")
+        self.stdout, self.stderr = outputs
 
     def send(self, message: dict[str, Any]) -> None:
         frame = encode(message)
@@ -115,15 +154,6 @@ class Runner:
             self.writer.write(frame)
         else:
             self.loop.call_soon_threadsafe(self.writer.write, frame)
-
-    def capture_output(self) -> None:
-        fallback = sys.stderr
-        sys.stdout, sys.stderr = self.stdout, self.stderr
-        handler = _RequestLogHandler(fallback)
-        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
-        root = logging.getLogger()
-        root.handlers[:] = [handler]
-        root.setLevel(logging.INFO)
 
     async def call(self, fn: Any, *args: Any) -> Any:
         if asyncio.iscoroutinefunction(fn):
@@ -248,8 +278,8 @@ def _is_device_failure(exc: Exception) -> bool:
 async def _main(app_ref: str, fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     configure_media(media_config_from_environment())
-    runner = Runner(load_app(app_ref), writer)
-    runner.capture_output()
+    outputs = capture_output()
+    runner = Runner(load_app(app_ref), writer, outputs)
     if not await runner.start():
         return 1
     while True:

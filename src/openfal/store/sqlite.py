@@ -12,9 +12,13 @@ makes every commit wait for fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import queue
+import socket
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -23,6 +27,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from openfal.errors import ConfigError
 from openfal.store.base import (
     KeyRecord,
     LogEntry,
@@ -244,9 +249,41 @@ class SQLiteStore:
         self._writer: _Writer | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="openfal-store-read")
         self._local = threading.local()
+        self._lock_fd: int | None = None
+
+    def lock(self) -> None:
+        """Claim the database for this process. SQLite would let two servers share the
+        file, and both would then run the same unfinished requests: the second one to
+        start is refused, told which process holds it. The lock dies with its process."""
+        if self._lock_fd is not None:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise ConfigError(f"cannot use the data dir {self.path.parent}: "
+                              f"{exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(f"the data dir {self.path.parent} is in use by another openfal "
+                              f"server ({holder}); stop it or use another --data-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._lock_fd, 0)
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock()
         conn = _connect(self.path, self.synchronous)
         conn.executescript(SCHEMA)
         self._writer = _Writer(conn, asyncio.get_running_loop())
@@ -258,6 +295,7 @@ class SQLiteStore:
             self._writer.conn.close()
             self._writer = None
         self._readers.shutdown(wait=True)
+        self._unlock()
 
     # Writes
     def _write(self, sql: str, params: tuple | list) -> asyncio.Future[None]:
@@ -300,6 +338,18 @@ class SQLiteStore:
 
     def requeue(self, request_id: str) -> asyncio.Future[None]:
         return self._write("UPDATE requests SET status='IN_QUEUE' WHERE id=?", (request_id,))
+
+    def hand_back(self, request_id: str, attempt: int, finished_at: float,
+                  options: dict[str, Any]) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE attempts SET finished_at=?, outcome='interrupted',"
+                " error_type='server_shutdown' WHERE request_id=? AND attempt=?",
+                (finished_at, request_id, attempt))
+            conn.execute("UPDATE requests SET status='IN_QUEUE', options=? WHERE id=?",
+                         (json.dumps(options), request_id))
+        assert self._writer is not None
+        return self._writer.submit(write)
 
     def add_logs(self, request_id: str, entries: list[LogEntry]) -> asyncio.Future[None]:
         rows = [(request_id, e.timestamp, e.level, e.source, e.message) for e in entries]
