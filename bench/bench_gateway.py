@@ -278,9 +278,9 @@ async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
 
 
 def openfal_server(data_dir: Path) -> ServerProcess:
-    """``openfal serve`` as deployed (API keys on), without the per-key limit on running
-    requests, so that the load generator's concurrency reaches the app."""
-    return ServerProcess(data_dir, ["--key-concurrency", "0"])
+    """``openfal serve`` as deployed (API keys on), without the per-key limits on running
+    and waiting requests, so that the load generator's concurrency reaches the app."""
+    return ServerProcess(data_dir, ["--key-concurrency", "0", "--max-waiting-direct", "0"])
 
 
 def admin_key(data_dir: Path) -> str:
