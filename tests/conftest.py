@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -62,3 +63,48 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+# In CI (CI set, as CI services do), a skipped test fails the run unless it is marked
+# @pytest.mark.never_in_ci(reason): what a test needs is installed there (README install,
+# scripts/test), so a skip means something went missing. Only what can never be there (a GPU)
+# may skip. A module that skips as a whole (pytest.importorskip at module level) cannot carry
+# the mark: in CI it is a collection error.
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _never_in_ci(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("never_in_ci")
+    if marker is None:
+        return False
+    reason = marker.kwargs.get("reason", marker.args[0] if marker.args else "")
+    return bool(str(reason).strip())
+
+
+def _skipped_in_ci(report: pytest.TestReport | pytest.CollectReport) -> str:
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    return (f"skipped in CI ({reason}): CI must run every test; install what it needs "
+            "(scripts/test), or mark it @pytest.mark.never_in_ci(reason=...) if it can never "
+            "run there")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    if (report.skipped and not hasattr(report, "wasxfail") and _ci()
+            and not _never_in_ci(item)):
+        report.longrepr = _skipped_in_ci(report)
+        report.outcome = "failed"
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    report = yield
+    if report.skipped and _ci():
+        report.longrepr = _skipped_in_ci(report)
+        report.outcome = "failed"
+    return report

@@ -25,10 +25,11 @@ NODE = shutil.which("node")
 CLIENT = JS_DIR / "node_modules" / "@fal-ai" / "client" / "package.json"
 SCENARIO_TIMEOUT = 60
 
+# scripts/test installs the client (and stops when Node.js is missing); plain pytest skips.
 pytestmark = [
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(not CLIENT.exists(),
-                       reason="tests/js/node_modules is missing: run `npm ci --prefix tests/js`"),
+    pytest.mark.skipif(NODE is None, reason="node is not installed: install Node.js 20 or newer"),
+    pytest.mark.skipif(not CLIENT.exists(), reason="tests/js/node_modules is missing: run the "
+                       "tests with scripts/test, which runs `npm ci --prefix tests/js`"),
 ]
 
 

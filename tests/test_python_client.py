@@ -1,6 +1,6 @@
 """The official Python client, ``fal-client`` from PyPI, unchanged, against a real openfal.
 
-Two releases, each installed in its own folder under ``tests/.clients/`` (``.ci/run`` does it)
+Two releases, each installed in its own folder under ``tests/.clients/`` (``scripts/test`` does it)
 and run by ``tests/python_client/driver.py`` in a subprocess whose only configuration is the
 environment ``openfal env`` prints for the server:
 
@@ -65,8 +65,8 @@ def release_param(version: str, legacy: bool):
     release = Release(version, legacy)
     return pytest.param(release, id=version, marks=pytest.mark.skipif(
         not (release.path / "fal_client").is_dir(),
-        reason=f"fal-client {version} is not installed in {release.path}: run the "
-               "`pip install --target tests/.clients/...` lines of .ci/run"))
+        reason=f"fal-client {version} is not installed in {release.path}: run the tests "
+               "with scripts/test, which installs it"))
 
 
 CURRENT = release_param("1.0.3", legacy=False)
