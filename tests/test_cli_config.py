@@ -89,11 +89,11 @@ def test_module_that_fails_to_import(tmp_path: Path) -> None:
         done, "importing module 'no_such_package.apps' failed: ModuleNotFoundError")
 
 
-def test_app_id_that_collides_with_a_served_one(tmp_path: Path) -> None:
+def test_endpoint_that_collides_with_a_served_one(tmp_path: Path) -> None:
     path = app_file(tmp_path, ECHO_AGAIN)
     done = serve("--app", f"{path}::EchoAgain", data_dir=tmp_path / "data")
-    assert_one_line_error(done, f"{path}::EchoAgain: app id 'openfal/echo' is already served "
-                          "by openfal.models.echo::Echo")
+    assert_one_line_error(done, f"{path}::EchoAgain: endpoint 'openfal/echo' is already "
+                          "served by openfal.models.echo::Echo")
 
 
 # These three need the checks of openfal.server.serve() (it raises ConfigError).

@@ -23,6 +23,7 @@ from openfal.files.signing import Signer
 from openfal.net.tls import trust_environment
 from openfal.runner.environment import runner_environment
 from openfal.store.sqlite import SQLiteStore
+from openfal.upstream.config import UpstreamSet
 from openfal.webhooks.delivery import DeliveryPolicy, WebhookDelivery
 from openfal.webhooks.signing import KeyRing
 
@@ -64,6 +65,8 @@ class Settings:
     webhook_max_attempts: int = 10  # delivery attempts before a webhook is marked failed
     webhook_retry_base_seconds: float = 15.0  # first retry delay, doubling: ~2 h for 10
     webhook_timeout_seconds: float = 15.0  # one delivery attempt
+    # Upstream providers that routed endpoints are forwarded to (--config).
+    upstreams: UpstreamSet = field(default_factory=UpstreamSet)
     # Shutdown: running requests get this long to finish before the rest is handed back.
     drain_seconds: float = 30.0
     # Direct runs (and /stream, realtime messages) one key may have waiting for a runner;
@@ -143,6 +146,7 @@ class Platform:
                 models_dir=settings.models_dir,
                 max_download_bytes=settings.max_download_bytes,
                 allow_networks=settings.allow_networks)
+            | settings.upstreams.to_environment()
             # runners fetch this server's own https file URLs
             | (trust_environment(settings.data_dir) if settings.tls else {}))
         self.webhooks = WebhookDelivery(

@@ -22,8 +22,9 @@ from openfal.app.context import RequestContext, current_request
 _ENDPOINT_MARK = "__openfal_endpoint__"
 _REALTIME_MARK = "__openfal_realtime__"
 _PATH_RE = re.compile(r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
-# Sub-paths that would collide with the queue's by-id URLs or streaming suffix.
-_RESERVED_PATHS = {"/requests", "/stream"}
+# Sub-paths that would collide with the queue's by-id URLs. ("/stream" is allowed: a POST to
+# an endpoint whose path ends in /stream streams, as the catalog's flux-krea-lora/stream does.)
+_RESERVED_PATHS = {"/requests"}
 
 
 @dataclass(frozen=True)

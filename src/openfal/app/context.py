@@ -36,6 +36,10 @@ class RequestContext:
     billable_units: float | None = None
     # How request and result bodies are encoded: "json", or "msgpack" for realtime.
     encoding: Encoding = "json"
+    # What an earlier attempt of this request saved with ``save_state`` (None: nothing).
+    saved_state: dict[str, Any] | None = None
+    # The full endpoint id it was called as ("owner/app/sub/path").
+    endpoint_id: str = ""
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -62,6 +66,15 @@ class RequestContext:
         self.raise_if_cancelled()
         self.emit({"t": "partial", "id": self.request_id,
                    "body": encode_output(result, self.encoding)})
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        """Keep ``state`` (JSON-able) with the request in the platform's store. If this
+        attempt is lost (its runner or the server dies) the next attempt starts with it in
+        ``saved_state``: work handed to another system (an upstream job id) is resumed rather
+        than started again. The store commits it within milliseconds; a crash in that window
+        loses it."""
+        self.saved_state = state
+        self.emit({"t": "state", "id": self.request_id, "state": state})
 
     @property
     def lifecycle_seconds(self) -> float | Literal["default"] | None:

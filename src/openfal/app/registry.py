@@ -26,9 +26,13 @@ class ServedApp:
 
 
 class Registry:
+    """Apps by their reference, and every endpoint id by what serves it. Several classes may
+    share an app id (``owner/name``) as long as their endpoint paths differ."""
+
     def __init__(self, owner: str = "openfal"):
         self.owner = owner
-        self.apps: dict[str, ServedApp] = {}
+        self.apps: dict[str, ServedApp] = {}  # by ref
+        self._endpoints: dict[str, tuple[ServedApp, EndpointSpec]] = {}
 
     def add(self, ref: str) -> ServedApp:
         cls = load_app(ref)
@@ -36,21 +40,22 @@ class Registry:
         app_id = f"{owner}/{cls.app_name}"
         if owner in RESERVED_OWNERS:
             raise ConfigError(f"{ref}: owner {owner!r} is reserved for the platform's routes")
-        served_already = self.apps.get(app_id)
-        if served_already is not None:
-            raise ConfigError(f"{ref}: app id {app_id!r} is already served by "
-                              f"{served_already.ref}; give one of them another app_name")
+        if ref in self.apps:
+            raise ConfigError(f"{ref} is named twice")
         served = ServedApp(app_id=app_id, ref=ref, cls=cls)
-        self.apps[app_id] = served
+        for path, spec in cls.endpoints().items():
+            endpoint_id = served.endpoint_id(path)
+            taken = self._endpoints.get(endpoint_id)
+            if taken is not None:
+                raise ConfigError(f"{ref}: endpoint {endpoint_id!r} is already served by "
+                                  f"{taken[0].ref}; give one of them another app_name")
+            self._endpoints[endpoint_id] = (served, spec)
+        self.apps[ref] = served
         return served
 
     def resolve(self, endpoint_id: str) -> tuple[ServedApp, EndpointSpec] | None:
         """The app and endpoint an id like ``owner/app[/sub/path]`` names, if served."""
-        parts = endpoint_id.strip("/").split("/")
-        if len(parts) < 2:
-            return None
-        served = self.apps.get(f"{parts[0]}/{parts[1]}")
-        if served is None:
-            return None
-        spec = served.cls.endpoints().get("/" + "/".join(parts[2:]))
-        return (served, spec) if spec else None
+        return self._endpoints.get(endpoint_id.strip("/"))
+
+    def endpoint_ids(self) -> list[str]:
+        return sorted(self._endpoints)

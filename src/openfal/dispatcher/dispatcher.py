@@ -93,7 +93,7 @@ class Dispatcher:
     # Lifecycle
     async def start(self) -> None:
         for app in self.registry.apps.values():
-            self.pools[app.app_id] = AppPool(
+            self.pools[app.ref] = AppPool(
                 app, runner_env=self.runner_env, may_start=self._key_has_room,
                 start_attempt=self._start_attempt,
                 on_message=self._on_message, on_exit=self._on_runner_exit,
@@ -112,10 +112,12 @@ class Dispatcher:
     async def _recover(self) -> None:
         now = time.time()
         for record in await self.store.unfinished():
-            job = Job.from_record(record)
-            if record.app_id not in self.pools:
+            found = self.registry.resolve(record.endpoint_id)
+            job = Job.from_record(record, found[0].ref if found else "")
+            if found is None:
                 self._finish(job, failure(
-                    404, f"App {record.app_id} is no longer served", "app_not_found"))
+                    404, f"Endpoint {record.endpoint_id} is no longer served",
+                    "endpoint_not_found"))
                 continue
             if record.status is Status.IN_PROGRESS:
                 # Its runner went down with the previous server process.
@@ -129,21 +131,22 @@ class Dispatcher:
             self.jobs[job.id] = job
             self._arm_start_deadline(job)
             if not job.finished:
-                self.pools[job.app_id].queues[job.priority].append(job)
+                self.pools[job.app_ref].queues[job.priority].append(job)
         log.info("recovered %d unfinished requests", len(self.jobs))
 
     # Entry points
     def new_job(self, app: ServedApp, path: str, payload: bytes, headers: dict[str, str],
                 mode: Mode, priority: Priority, options: dict[str, Any],
                 key_id: str | None = None) -> Job:
-        return Job(id=str(uuid.uuid4()), app_id=app.app_id, endpoint_id=app.endpoint_id(path),
+        return Job(id=str(uuid.uuid4()), app_id=app.app_id, app_ref=app.ref,
+                   endpoint_id=app.endpoint_id(path),
                    path=path, mode=mode, payload=payload, headers=headers,
                    priority=priority, created_at=time.time(), options=options, key_id=key_id)
 
     async def submit(self, job: Job, max_queue_length: int | None = None) -> None:
         """Accept a queued request: returns once it is committed to the store."""
         self._check_accepting()
-        pool = self.pools[job.app_id]
+        pool = self.pools[job.app_ref]
         if max_queue_length is not None and pool.queued_requests() >= max_queue_length:
             raise QueueFull(pool.queued_requests())
         await self.store.add_request(job.to_record())
@@ -163,7 +166,7 @@ class Dispatcher:
             job.counted_waiting = True
         self.jobs[job.id] = job
         self._arm_start_deadline(job)
-        self.pools[job.app_id].enqueue(job)
+        self.pools[job.app_ref].enqueue(job)
         return job.done
 
     async def run_direct(self, job: Job) -> Outcome:
@@ -193,12 +196,12 @@ class Dispatcher:
         if job.finished:
             return CancelResult.ALREADY_COMPLETED
         job.cancel_requested = True
-        if self.pools[job.app_id].remove(job):
+        if self.pools[job.app_ref].remove(job):
             self._finish(job, cancelled())
         elif job.attempt is not None:
             attempt = job.attempt
             attempt.runner.send({"t": "cancel", "id": job.id})
-            grace = self.pools[job.app_id].config.cancel_grace_period
+            grace = self.pools[job.app_ref].config.cancel_grace_period
             asyncio.get_running_loop().call_later(grace, self._hard_cancel, attempt)
         return CancelResult.CANCELLATION_REQUESTED
 
@@ -243,10 +246,11 @@ class Dispatcher:
         if job.deadline_timer is not None:
             job.deadline_timer.cancel()
         runner.in_flight[job.id] = attempt
-        runner.send({"t": "run", "id": job.id, "path": job.path, "body": job.payload,
+        runner.send({"t": "run", "id": job.id, "path": job.path, "endpoint_id": job.endpoint_id,
+                     "body": job.payload,
                      "headers": job.headers, "stream": job.partials is not None,
-                     "encoding": job.encoding})
-        timeout = self.pools[job.app_id].config.request_timeout
+                     "encoding": job.encoding, "state": job.options.get("saved_state")})
+        timeout = self.pools[job.app_ref].config.request_timeout
         attempt.timer = asyncio.get_running_loop().call_later(
             timeout, self._attempt_timed_out, attempt)
         if job.mode is Mode.QUEUE:
@@ -279,7 +283,7 @@ class Dispatcher:
                 # on it again, the retry of this request included).
                 runner.kill()
             self._end_attempt(attempt, outcome, retry)
-            pool = self.pools[job.app_id]
+            pool = self.pools[job.app_ref]
             pool.watch_idle(runner)
             pool.pump()
         elif kind == "log":
@@ -293,6 +297,10 @@ class Dispatcher:
             if job.partials is not None:
                 job.partials.put_nowait(message["body"])
             job.notify()
+        elif kind == "state":
+            job.options["saved_state"] = message["state"]
+            if job.mode is Mode.QUEUE:
+                self.store.set_options(job.id, job.options)
         elif kind == "progress":
             job.progress = {"step": message["step"], "total": message["total"],
                             "message": message.get("message")}
@@ -326,7 +334,7 @@ class Dispatcher:
             job.status = Status.IN_QUEUE
             self.store.requeue(job.id)
             self._arm_start_deadline(job)
-            self.pools[job.app_id].enqueue(job, front=True)
+            self.pools[job.app_ref].enqueue(job, front=True)
             job.notify()
             return
         if not outcome.ok and outcome.error_type is None:
@@ -369,7 +377,7 @@ class Dispatcher:
     def _start_deadline_passed(self, job: Job) -> None:
         if job.finished or job.attempt is not None:
             return
-        self.pools[job.app_id].remove(job)
+        self.pools[job.app_ref].remove(job)
         self._finish(job, failure(
             504, "The request did not start before its X-Fal-Request-Timeout",
             "request_timeout", {"x-fal-request-timeout-type": "user"}))
@@ -519,7 +527,7 @@ class Dispatcher:
 
     # Views
     def queue_position(self, job: Job) -> int:
-        return self.pools[job.app_id].position(job)
+        return self.pools[job.app_ref].position(job)
 
     def runners(self) -> list[dict[str, Any]]:
         return [runner.describe() for pool in self.pools.values()

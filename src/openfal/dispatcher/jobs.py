@@ -39,7 +39,8 @@ class Attempt:
 @dataclass(eq=False)
 class Job:
     id: str
-    app_id: str
+    app_id: str  # "owner/name", as in its URLs
+    app_ref: str  # the class that serves it (its pool)
     endpoint_id: str
     path: str
     mode: Mode
@@ -117,8 +118,9 @@ class Job:
             started_at=self.started_at)
 
     @classmethod
-    def from_record(cls, record: RequestRecord) -> Job:
-        return cls(id=record.id, app_id=record.app_id, endpoint_id=record.endpoint_id,
+    def from_record(cls, record: RequestRecord, app_ref: str) -> Job:
+        return cls(id=record.id, app_id=record.app_id, app_ref=app_ref,
+                   endpoint_id=record.endpoint_id,
                    path=record.path, mode=record.mode, payload=record.payload,
                    headers=record.headers, priority=Priority(record.priority),
                    created_at=record.created_at, options=record.options,

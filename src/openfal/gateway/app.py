@@ -33,6 +33,9 @@ from openfal.server import Platform
 log = logging.getLogger(__name__)
 
 _BY_ID = "/queue/{owner}/{app}/requests/{request_id}"
+# The same URLs with the endpoint's sub-path, as the pages show them (the URLs openfal hands
+# out leave it out, as the official clients expect).
+_BY_ID_SUB_PATH = "/queue/{owner}/{app}/{sub_path:path}/requests/{request_id}"
 _SIGNED_UPLOAD = "/storage/uploads/{upload_id}"
 _CDN_MULTIPART = "/files/{file_id}/{file_name}/multipart/{upload_id}"
 
@@ -73,6 +76,10 @@ ROUTES = [
     route(_BY_ID + "/status/stream", queue.status_stream, ["GET"], C),
     route(_BY_ID + "/cancel", queue.cancel, ["PUT"], C),
     route(_BY_ID, queue.result, ["GET"], C),
+    route(_BY_ID_SUB_PATH + "/status", queue.status, ["GET"], C),
+    route(_BY_ID_SUB_PATH + "/status/stream", queue.status_stream, ["GET"], C),
+    route(_BY_ID_SUB_PATH + "/cancel", queue.cancel, ["PUT"], C),
+    route(_BY_ID_SUB_PATH, queue.result, ["GET"], C),
     route("/storage/auth/token", storage_routes.cdn_token, ["POST"], K),
     route("/storage/upload/initiate", storage_routes.initiate, ["POST"], K),
     route("/storage/upload/initiate-multipart", storage_routes.initiate, ["POST"], K),

@@ -16,6 +16,7 @@ from openfal.dispatcher.jobs import Priority
 from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.gateway.auth import principal, require_key_for_app
 from openfal.gateway.http import HTTPError, field_error, read_body
+from openfal.upstream.placement import CONFIG_HINT, is_routed_only
 
 if TYPE_CHECKING:
     from openfal.server import Platform
@@ -39,6 +40,14 @@ def callable_endpoint(request: Request, endpoint_id: str) -> tuple[ServedApp, En
     app, spec = resolve_endpoint(platform, endpoint_id)
     require_key_for_app(request, app.cls.app_auth == "public")
     return app, spec
+
+
+def ensure_runnable(platform: Platform, app: ServedApp, endpoint_id: str) -> None:
+    """A routed-only endpoint with no upstream configured is refused once its input has
+    been validated, before any request exists."""
+    if is_routed_only(app.cls) and platform.settings.upstreams.for_endpoint(endpoint_id) is None:
+        raise HTTPError(503, f"{endpoint_id} runs at an upstream provider and none is "
+                        f"configured for it: {CONFIG_HINT}", "upstream_not_configured")
 
 
 def key_options(request: Request) -> tuple[str | None, dict[str, Any]]:

@@ -16,6 +16,7 @@ from openfal.gateway.auth import ensure_visible
 from openfal.gateway.http import HTTPError, json_response, shutting_down
 from openfal.gateway.intake import (
     callable_endpoint,
+    ensure_runnable,
     forwarded_headers,
     job_options,
     key_options,
@@ -39,6 +40,7 @@ async def submit(request: Request) -> Response:
     limit = max_queue_length(request)
     webhook = await webhook_options(request)
     payload = await validated_payload(request, platform, spec)
+    ensure_runnable(platform, app, app.endpoint_id(spec.path))
     job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
                                       Mode.QUEUE, priority,
                                       {**options, **key_limits, **webhook}, key_id)

@@ -22,6 +22,7 @@ from openfal.dispatcher.jobs import Job, Priority
 from openfal.gateway.http import HTTPError, shutting_down
 from openfal.gateway.intake import (
     callable_endpoint,
+    ensure_runnable,
     forwarded_headers,
     job_options,
     key_options,
@@ -33,9 +34,21 @@ from openfal.store.base import Mode, Outcome
 log = logging.getLogger(__name__)
 
 
-async def _direct_job(request: Request) -> tuple[Platform, Job]:
+def _endpoint_id(request: Request, streaming: bool) -> str:
+    """The endpoint a run URL names. ``POST /x/stream`` streams endpoint ``x``, or, where
+    ``x`` is not an endpoint but ``x/stream`` is (an endpoint whose own path ends in
+    ``/stream``), streams that one."""
+    endpoint_id = request.path_params["endpoint_id"]
+    if streaming:
+        registry = request.app.state.platform.registry
+        if registry.resolve(endpoint_id) is None and registry.resolve(endpoint_id + "/stream"):
+            return endpoint_id + "/stream"
+    return endpoint_id
+
+
+async def _direct_job(request: Request, streaming: bool = False) -> tuple[Platform, Job]:
     platform: Platform = request.app.state.platform
-    app, spec = callable_endpoint(request, request.path_params["endpoint_id"])
+    app, spec = callable_endpoint(request, _endpoint_id(request, streaming))
     _, options = job_options(request)
     key_id, key_limits = key_options(request)
     limit = key_limits.get("key_limit")
@@ -44,6 +57,7 @@ async def _direct_job(request: Request) -> tuple[Platform, Job]:
         raise HTTPError(429, f"This key already has {limit} requests running",
                         "concurrency_limit", {"retry-after": "1"})
     payload = await validated_payload(request, platform, spec)
+    ensure_runnable(platform, app, app.endpoint_id(spec.path))
     job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
                                       Mode.DIRECT, Priority.DIRECT, {**options, **key_limits},
                                       key_id)
@@ -97,7 +111,7 @@ def _abandoned(platform: Platform, job: Job) -> Response:
 
 
 async def stream(request: Request) -> Response:
-    platform, job = await _direct_job(request)
+    platform, job = await _direct_job(request, streaming=True)
     job.partials = asyncio.Queue()
     running = _run_direct(platform, job)
     first_partial = asyncio.ensure_future(next_partial(job.partials, running))

@@ -186,7 +186,9 @@ class Runner:
         request_id = message["id"]
         ctx = RequestContext(request_id, message["path"], message.get("headers") or {},
                              self.send, streaming=bool(message.get("stream")),
-                             encoding=message.get("encoding", "json"))
+                             encoding=message.get("encoding", "json"),
+                             saved_state=message.get("state"),
+                             endpoint_id=message.get("endpoint_id", ""))
         task = self.loop.create_task(self.serve(ctx, message["path"], message["body"]))
         self.requests[request_id] = (ctx, task)
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))

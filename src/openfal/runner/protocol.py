@@ -3,9 +3,11 @@
 One stream socket per runner (a socketpair made at spawn time). Each message is a msgpack
 map behind a 4-byte big-endian length. Key ``t`` names the message:
 
-gateway -> runner: ``run`` {id, path, body, headers}, ``cancel`` {id}, ``stop`` {}
+gateway -> runner: ``run`` {id, path, endpoint_id, body, headers, stream, encoding, state},
+``cancel`` {id}, ``stop`` {}
 runner -> gateway: ``ready`` {hints}, ``setup_failed`` {error}, ``log`` {id, message, level,
-source}, ``progress`` {id, step, total, message}, ``result`` {id, status, body, headers, hints}
+source}, ``progress`` {id, step, total, message}, ``partial`` {id, body}, ``state`` {id,
+state}, ``result`` {id, status, body, headers, hints}
 """
 
 from __future__ import annotations

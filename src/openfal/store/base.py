@@ -169,6 +169,9 @@ class Store(Protocol):
     def end_attempt(self, request_id: str, attempt: int, finished_at: float,
                     outcome: str, error_type: str | None) -> asyncio.Future[None]: ...
     def requeue(self, request_id: str) -> asyncio.Future[None]: ...
+    def set_options(self, request_id: str, options: dict[str, Any]) -> asyncio.Future[None]:
+        """Replace the request's options (saved state from its runner among them)."""
+        ...
     def hand_back(self, request_id: str, attempt: int, finished_at: float,
                   options: dict[str, Any]) -> asyncio.Future[None]:
         """The server stopped before the attempt ended: back to the queue, the attempt

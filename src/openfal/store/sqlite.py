@@ -339,6 +339,10 @@ class SQLiteStore:
     def requeue(self, request_id: str) -> asyncio.Future[None]:
         return self._write("UPDATE requests SET status='IN_QUEUE' WHERE id=?", (request_id,))
 
+    def set_options(self, request_id: str, options: dict[str, Any]) -> asyncio.Future[None]:
+        return self._write("UPDATE requests SET options=? WHERE id=?",
+                           (json.dumps(options), request_id))
+
     def hand_back(self, request_id: str, attempt: int, finished_at: float,
                   options: dict[str, Any]) -> asyncio.Future[None]:
         def write(conn: sqlite3.Connection) -> None:
