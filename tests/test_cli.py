@@ -397,3 +397,18 @@ def test_download_files(file_server: str, tmp_path: Path) -> None:
 def test_download_failure_is_reported(file_server: str, tmp_path: Path) -> None:
     with httpx.Client() as client, pytest.raises(CLIError, match="HTTP 404"):
         download_files(client, {"url": f"{file_server}/missing.png"}, tmp_path)
+
+
+def test_downloads_send_the_key_to_the_server_alone(file_server: str, tmp_path: Path) -> None:
+    seen: list[str | None] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("authorization"))
+        return httpx.Response(200, content=b"x")
+
+    transport = httpx.MockTransport(record)
+    with httpx.Client(base_url="http://openfal.test", transport=transport,
+                      headers={"authorization": "Key id:secret"}) as client:
+        download_files(client, {"a": {"url": "http://openfal.test/files/a/a.png"},
+                                "b": {"url": "http://elsewhere.test/b.png"}}, tmp_path)
+    assert seen == ["Key id:secret", None]

@@ -351,12 +351,15 @@ def _download(client: httpx.Client, url: str, target: Path) -> None:
                                                      client.base_url.netloc):
         request.headers.pop("authorization", None)  # the key is for this server alone
     try:
-        with client.send(request, stream=True, follow_redirects=True) as response:
+        response = client.send(request, stream=True, follow_redirects=True)
+        try:
             if not response.is_success:
                 raise CLIError(f"cannot download {url}: HTTP {response.status_code}")
             with target.open("wb") as out:
                 for chunk in response.iter_bytes():
                     out.write(chunk)
+        finally:
+            response.close()
     except httpx.HTTPError as exc:
         raise CLIError(f"cannot download {url}: {exc}") from None
 
