@@ -10,8 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import wait_for
 from openfal.testing import ServerProcess
+
+from conftest import wait_for
 
 APP = Path(__file__).parent / "apps" / "rest_forms.py"
 

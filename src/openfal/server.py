@@ -14,6 +14,7 @@ from typing import Protocol
 
 from openfal.app.registry import Registry
 from openfal.auth.keys import Keyring, Scope
+from openfal.catalog.apps import CATALOG_APP_REFS
 from openfal.dispatcher.dispatcher import Dispatcher
 from openfal.errors import ConfigError
 from openfal.fetch import NetworkPolicy
@@ -32,6 +33,7 @@ BUILTIN_APPS = [
     "openfal.models.flux::Flux",
     "openfal.models.flux::OpenfalFlux",
     "openfal.models.tts::TTS",
+    *CATALOG_APP_REFS,  # the model pages' endpoints, routed to an upstream
 ]
 DAY = 24 * 3600.0
 log = logging.getLogger("openfal")

@@ -9,7 +9,8 @@ from openfal.app.loader import load_app
 from openfal.errors import ConfigError
 
 # First path segments that are platform routes, so no owner may use them.
-RESERVED_OWNERS = frozenset({"tokens", "queue", "api", "health", "openapi", "storage", "files"})
+RESERVED_OWNERS = frozenset({"tokens", "queue", "api", "health", "openapi", "storage", "files",
+                             "v1"})
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from openfal.gateway import (
     key_routes,
+    models_api,
     openapi_routes,
     platform_routes,
     queue,
@@ -59,6 +60,7 @@ ROUTES = [
     route("/.well-known/jwks.json", webhook_routes.jwks, ["GET"], P),
     route("/openapi.json", openapi_routes.ServerDocument(ACCESS), ["GET"], K),
     route("/api/apps", platform_routes.apps, ["GET"], K),
+    route("/v1/models", models_api.list_models, ["GET"], K),
     route("/api/runners", platform_routes.runners, ["GET"], A),
     route("/api/keys", key_routes.list_keys, ["GET"], A),
     route("/api/keys", key_routes.create_key, ["POST"], A),

@@ -16,7 +16,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal, NotRequired
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
@@ -45,6 +45,7 @@ from openfal.gateway.auth import Access
 from openfal.gateway.hosts import QUEUE_PREFIX
 from openfal.gateway.http import json_response
 from openfal.gateway.key_routes import KeyUpdate, NewKey
+from openfal.gateway.models_api import ModelListing, ModelsQuery
 from openfal.gateway.storage_routes import InitiateBody
 from openfal.gateway.tokens import TokenRequest
 from openfal.gateway.urls import base_url
@@ -177,7 +178,7 @@ PLATFORM_TYPES: dict[Hashable, tuple[Any, Mode]] = {
     "key_revoked": (KeyRevoked, _S), "usage": (Usage, _S),
     "token_request": (TokenRequest, _V), "token": (str, _S),
     "initiate": (InitiateBody, _V), "signed_upload": (SignedUpload, _S),
-    "storage_token": (StorageToken, _S),
+    "storage_token": (StorageToken, _S), "models": (ModelListing, _S),
     # The lifecycle header's JSON, as files/lifecycle.py validates it.
     "lifecycle": (LifecyclePreference, _V),
 }
@@ -315,6 +316,18 @@ def _parameter(name: str, where: str, schema: Schema, required: bool = False) ->
     return {"name": name, "in": where, "required": required, "schema": schema}
 
 
+def _query_parameters(model: type[BaseModel]) -> list[Schema]:
+    """The fields of a route's query model as OpenAPI query parameters (lists repeat the
+    parameter); ``None`` is how a parameter is left out, not a value."""
+    parameters = []
+    for name, schema in model.model_json_schema()["properties"].items():
+        options = [option for option in schema.get("anyOf", []) if option != {"type": "null"}]
+        plain = {key: value for key, value in schema.items()
+                 if key not in ("title", "anyOf") and value is not None}
+        parameters.append(_parameter(name, "query", {**plain, **(options[0] if options else {})}))
+    return parameters
+
+
 def _platform_paths(s: Mapping[Hashable, Schema], queue: QueueSchemas) -> dict[str, Schema]:
     request_id = [_parameter("request_id", "path", {"type": "string"}, required=True)]
     key_id = [_parameter("key_id", "path", {"type": "string"}, required=True)]
@@ -345,6 +358,9 @@ def _platform_paths(s: Mapping[Hashable, Schema], queue: QueueSchemas) -> dict[s
             "delete": _operation("Revoke a key", 200, s["key_revoked"], queue, (404,),
                                  parameters=key_id),
         },
+        "/v1/models": {"get": _operation(
+            "The served endpoints: list, find (endpoint_id) or search (q, category, status)",
+            200, s["models"], queue, (422,), parameters=_query_parameters(ModelsQuery))},
         "/api/usage": {"get": _operation(
             "Finished requests by key and endpoint over [since, until)", 200, s["usage"],
             queue, (422,), parameters=[_parameter("since", "query", unix_time),
