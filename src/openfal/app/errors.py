@@ -58,6 +58,19 @@ class FieldException(AppException):
         return {"detail": [{"loc": loc, "msg": self.message, "type": self.type}]}
 
 
+class FieldErrors(AppException):
+    """Ends the request with a pydantic-style ``detail`` list as it is, such as the 422 of
+    another server a request was passed on to (each item keeps its ``loc``)."""
+
+    def __init__(self, detail: list[dict[str, Any]], status_code: int = 422,
+                 headers: dict[str, str] | None = None):
+        super().__init__(f"{len(detail)} field error(s)", status_code, headers=headers)
+        self.detail = detail
+
+    def to_body(self) -> dict[str, Any]:
+        return {"detail": self.detail}
+
+
 class ModelUnavailable(AppException):
     """The model's weights (or its runtime) are not on this machine: a 503 that no retry on
     another runner would fix, so it is not retried (``X-Fal-Needs-Retry: 0``)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -25,6 +25,7 @@ from openfal.fetch import NetworkPolicy
 from openfal.net.runtime import load_runtime
 from openfal.server import Platform, Settings
 from openfal.server import serve as serve_platform
+from openfal.upstream.config import UpstreamSet, load_config
 
 HELP = ("openfal: a self-hosted generative-media inference platform.\n\n"
         "The client commands (run, apps, runners, keys, usage, webhooks) find the server by "
@@ -61,6 +62,9 @@ def serve(
         envvar=DATA_DIR_VARIABLE, help="Where state lives.")] = DEFAULT_DATA_DIR,
     app_refs: Annotated[list[str] | None, typer.Option(
         "--app", help="An app to serve, as path/to/file.py::ClassName (repeatable).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="A TOML file with [[upstream]] entries: upstream providers (the hosted "
+        "platform, another openfal) that endpoints are routed to.")] = None,
     owner: Annotated[str, typer.Option(help="Owner part of the apps' endpoint ids.")] = "openfal",
     no_builtin: Annotated[bool, typer.Option(
         "--no-builtin", help="Serve only the apps named.")] = False,
@@ -125,6 +129,10 @@ def serve(
         NetworkPolicy.allowing(allow_network or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--allow-network") from None
+    try:
+        upstreams = _upstreams(config)
+    except ConfigError as exc:
+        _config_error(exc)
     settings = Settings(host=host, port=port, data_dir=data_dir.expanduser(),
                         apps=app_refs or [], builtin_apps=not no_builtin, owner=owner,
                         max_body_bytes=int(max_body_mb * 1024 * 1024),
@@ -145,14 +153,26 @@ def serve(
                         max_waiting_direct_per_key=max_waiting_direct or None,
                         max_connections=max_connections,
                         header_timeout_seconds=header_timeout,
-                        max_header_bytes=max_header_kb * 1024)
+                        max_header_bytes=max_header_kb * 1024, upstreams=upstreams)
     try:
         serve_platform(settings, on_ready=lambda platform, url: _announce(settings, platform,
                                                                           url))
     except ConfigError as exc:
-        # A mistake in how the server was started: the message says it all.
-        print(f"error: {exc}", file=sys.stderr)
-        raise typer.Exit(1) from None
+        _config_error(exc)
+
+
+def _upstreams(config: Path | None) -> UpstreamSet:
+    if config is None:
+        return UpstreamSet()
+    upstreams = load_config(config.expanduser())
+    upstreams.check_keys()
+    return upstreams
+
+
+def _config_error(exc: ConfigError) -> NoReturn:
+    # A mistake in how the server was started: the message says it all.
+    print(f"error: {exc}", file=sys.stderr)
+    raise typer.Exit(1) from None
 
 
 def _announce(settings: Settings, platform: Platform, url: str) -> None:

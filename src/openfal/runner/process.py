@@ -34,12 +34,19 @@ from pydantic import ValidationError
 from openfal.app.app import App, EndpointSpec
 from openfal.app.context import RequestContext, current_request, set_current_request
 from openfal.app.encoding import decode_input, encode_output
-from openfal.app.errors import AppException, RequestCancelled, validation_detail
+from openfal.app.errors import (
+    AppException,
+    ModelUnavailable,
+    RequestCancelled,
+    validation_detail,
+)
 from openfal.app.inputs import fetch_inputs, may_hold_files
 from openfal.app.loader import load_app
 from openfal.app.media import configure as configure_media
 from openfal.runner.environment import media_config_from_environment
 from openfal.runner.protocol import encode, read_message
+from openfal.upstream.placement import is_routed_only
+from openfal.upstream.router import forward, upstream_serves, upstreams_configured
 
 # Where the import system runs a module's body: output from below these frames is the
 # module's, however deep in a request the import happened.
@@ -147,6 +154,10 @@ class Runner:
         self.executor = ThreadPoolExecutor(max_workers=app_cls.max_multiplexing + 1,
                                            thread_name_prefix="openfal-endpoint")
         self.stdout, self.stderr = outputs
+        # Set when setup() found the model missing and upstreams are configured: the runner
+        # starts anyway and forwards what an upstream serves (see run_endpoint).
+        self.unavailable: ModelUnavailable | None = None
+        self.forwarding: set[str] = set()  # requests of sync endpoints now at an upstream
 
     def send(self, message: dict[str, Any]) -> None:
         frame = encode(message)
@@ -164,15 +175,25 @@ class Runner:
     async def start(self) -> bool:
         try:
             await self.call(self.app.setup)
+        except ModelUnavailable as exc:
+            if not upstreams_configured():
+                return await self.setup_failed(exc)
+            self.unavailable = exc
         except AppException as exc:
-            # The app says why it cannot serve (missing weights, say): pass its answer on.
-            self.send({"t": "setup_failed", "error": exc.message, "status": exc.status_code,
-                       "body": pydantic_core.to_json(exc.to_body())})
+            return await self.setup_failed(exc)
         except BaseException:
+            return await self.setup_failed(None)
+        self.send({"t": "ready", "hints": self.hints(), "pid": os.getpid()})
+        return True
+
+    async def setup_failed(self, exc: AppException | None) -> bool:
+        """Report a failed setup: an app's own answer (missing weights, say) is passed on,
+        anything else as its traceback."""
+        if exc is None:
             self.send({"t": "setup_failed", "error": traceback.format_exc()})
         else:
-            self.send({"t": "ready", "hints": self.hints(), "pid": os.getpid()})
-            return True
+            self.send({"t": "setup_failed", "error": exc.message, "status": exc.status_code,
+                       "body": pydantic_core.to_json(exc.to_body())})
         await self.writer.drain()
         return False
 
@@ -199,7 +220,7 @@ class Runner:
             return
         ctx, task = entry
         ctx.cancel()
-        if self.app_cls.endpoints()[ctx.endpoint].is_async:
+        if self.app_cls.endpoints()[ctx.endpoint].is_async or ctx.request_id in self.forwarding:
             task.cancel()
 
     async def serve(self, ctx: RequestContext, path: str, body: bytes) -> None:
@@ -230,11 +251,12 @@ class Runner:
             if spec.input_model is not None:
                 payload = decode_input(spec.input_model, body, ctx.encoding)
                 ctx.sync_mode = getattr(payload, "sync_mode", False) is True
-                if may_hold_files(spec.input_model):
+                # A routed endpoint's upstream fetches the files itself.
+                if may_hold_files(spec.input_model) and not is_routed_only(self.app_cls):
                     scratch = Path(tempfile.mkdtemp(prefix="openfal-request-"))
                     await self.call(fetch_inputs, payload, scratch)
                 args.append(payload)
-            output = await self.call(getattr(self.app, spec.method_name), *args)
+            output = await self.run_endpoint(ctx, spec, args)
             return 200, encode_output(output, ctx.encoding), {}
         except ValidationError as exc:
             return 422, pydantic_core.to_json({"detail": validation_detail(exc)}), {}
@@ -255,6 +277,24 @@ class Runner:
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)
+
+    async def run_endpoint(self, ctx: RequestContext, spec: EndpointSpec,
+                           args: list[Any]) -> Any:
+        """The endpoint's output; where its model is missing here (``ModelUnavailable``) and
+        an upstream serves the endpoint, the upstream's."""
+        try:
+            if self.unavailable is not None:
+                raise self.unavailable
+            return await self.call(getattr(self.app, spec.method_name), *args)
+        except ModelUnavailable as exc:
+            if not upstream_serves(ctx.endpoint_id):
+                raise
+            ctx.log(f"{exc.message} Forwarding the request to the upstream instead.")
+        self.forwarding.add(ctx.request_id)
+        try:
+            return await forward(ctx, ctx.endpoint_id, args[0] if args else None)
+        finally:
+            self.forwarding.discard(ctx.request_id)
 
     async def drain_and_stop(self) -> None:
         tasks = [task for _, task in self.requests.values()]

@@ -7,12 +7,16 @@ url = "https://queue.fal.run"      # any server speaking the queue API, another 
 key_env = "FAL_KEY"                # the upstream's key is read from this variable
 endpoints = ["fal-ai/kling-video/*", "fal-ai/luma-dream-machine/*"]
 rehost = true                      # copy output files into openfal's storage
+file_hosts = ["*.fal.media"]       # other hosts its output files live on (patterns)
+give_up_after = 60                 # seconds it may be unreachable while working on a request
 ```
 
 An entry may name its run, queue and storage hosts separately (``run_url``, ``queue_url``,
-``storage_url``); where it gives one ``url`` they are that host. For the hosted platform
+``storage_url``); where it gives one ``url`` they are that host, the queue under the
+``/queue`` prefix where openfal serves it (``{url}/queue``). For the hosted platform
 (``url`` on ``fal.run``, ``queue.fal.run`` or ``fal.ai``) they are ``https://fal.run``,
-``https://queue.fal.run`` and ``https://rest.fal.ai``.
+``https://queue.fal.run`` and ``https://rest.fal.ai``, and its output files are on
+``fal.media`` hosts unless ``file_hosts`` says otherwise.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ UPSTREAMS_ENV = "OPENFAL_UPSTREAMS"  # how a runner is told the configuration (J
 HOSTED = {"run_url": "https://fal.run", "queue_url": "https://queue.fal.run",
           "storage_url": "https://rest.fal.ai"}
 _HOSTED_NAMES = ("fal.run", "queue.fal.run", "fal.ai", "rest.fal.ai")
+HOSTED_FILE_HOSTS = ("fal.media", "*.fal.media")
 _KNOWN_KEYS = {"name", "url", "run_url", "queue_url", "storage_url", "key_env", "endpoints",
-               "rehost", "file_hosts", "poll_interval", "timeout"}
+               "rehost", "file_hosts", "poll_interval", "timeout", "give_up_after"}
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,14 @@ class UpstreamConfig:
     endpoints: tuple[str, ...]
     key_env: str | None = None
     rehost: bool = True
-    # Hosts output files may be fetched from when re-hosting (besides the upstream's own).
+    # Hosts output files may be fetched from when re-hosting (besides the upstream's own):
+    # names or shell-style patterns ("*.fal.media").
     file_hosts: tuple[str, ...] = ()
     poll_interval: float = 0.5  # seconds between status polls when a stream is not kept
     timeout: float = 30.0  # one HTTP call to the upstream
+    # How long the upstream may stay unreachable while it works on an accepted request
+    # before that request ends with an error.
+    give_up_after: float = 60.0
 
     def serves(self, endpoint_id: str) -> bool:
         return any(_matches(pattern, endpoint_id) for pattern in self.endpoints)
@@ -64,6 +73,25 @@ class UpstreamConfig:
                (self.run_url, self.queue_url, self.storage_url)}
         return tuple(sorted(own | set(self.file_hosts)))
 
+    def holds_file(self, url: str) -> bool:
+        """Whether ``url`` is one of the upstream's files: on the origin of one of its own
+        URLs, or on a host its ``file_hosts`` name."""
+        try:
+            parts = urlsplit(url)
+            origin = (parts.scheme, parts.hostname, parts.port)
+        except ValueError:
+            return False
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return False
+        if origin in {_origin(own) for own in (self.run_url, self.queue_url, self.storage_url)}:
+            return True
+        return any(fnmatch.fnmatchcase(parts.hostname, pattern) for pattern in self.file_hosts)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
+
 
 @dataclass
 class UpstreamSet:
@@ -74,6 +102,14 @@ class UpstreamSet:
     def for_endpoint(self, endpoint_id: str) -> UpstreamConfig | None:
         """The first upstream whose patterns match the endpoint, if any."""
         return next((u for u in self.entries if u.serves(endpoint_id)), None)
+
+    def check_keys(self) -> None:
+        """A :class:`ConfigError` for an upstream whose ``key_env`` is not set: runners
+        inherit the server's environment, so the key would be missing for good."""
+        for upstream in self.entries:
+            if upstream.key_env and not upstream.key:
+                raise ConfigError(f"upstream {upstream.name}: its key is read from "
+                                  f"${upstream.key_env}, which is not set")
 
     def to_environment(self) -> dict[str, str]:
         return {UPSTREAMS_ENV: json.dumps([asdict(u) for u in self.entries])}
@@ -125,13 +161,15 @@ def _entry(path: Path, index: int, entry: Any) -> UpstreamConfig:
             and all(isinstance(e, str) and e for e in endpoints)):
         raise ConfigError(f"{where}: 'endpoints' must be a non-empty list of id patterns")
     urls = _urls(where, entry)
+    hosted = urls["queue_url"] == HOSTED["queue_url"]
     try:
         return UpstreamConfig(
             name=str(entry.get("name") or f"upstream-{index + 1}"), endpoints=tuple(endpoints),
             key_env=entry.get("key_env"), rehost=bool(entry.get("rehost", True)),
-            file_hosts=tuple(entry.get("file_hosts", ())),
+            file_hosts=tuple(entry.get("file_hosts", HOSTED_FILE_HOSTS if hosted else ())),
             poll_interval=float(entry.get("poll_interval", 0.5)),
-            timeout=float(entry.get("timeout", 30.0)), **urls)
+            timeout=float(entry.get("timeout", 30.0)),
+            give_up_after=float(entry.get("give_up_after", 60.0)), **urls)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
@@ -141,7 +179,9 @@ def _urls(where: str, entry: dict[str, Any]) -> dict[str, str]:
     if url is not None and (urlsplit(url).hostname or "") in _HOSTED_NAMES:
         base = dict(HOSTED)
     else:
-        base = {name: url for name in HOSTED} if url else {}
+        # One host serving everything (another openfal): its queue API is under /queue.
+        base = ({"run_url": url, "queue_url": url.rstrip("/") + "/queue", "storage_url": url}
+                if url else {})
     urls = {name: (entry.get(name) or base.get(name) or "").rstrip("/") for name in HOSTED}
     for name, value in urls.items():
         if urlsplit(value).scheme not in ("http", "https") or not urlsplit(value).hostname:
