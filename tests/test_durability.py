@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 import httpx
 
 from conftest import ALL_TEST_APPS, wait_for
@@ -123,3 +126,25 @@ def test_runner_hint_prefers_the_matching_runner(client: httpx.Client) -> None:
             response = client.post("/openfal/work", json={},
                                    headers={"X-Fal-Runner-Hint": f"pid-{pid}"})
             assert response.json()["pid"] == pid
+
+
+def test_logs_from_before_a_restart_stay_in_the_status(start_server) -> None:
+    server = start_server(*WORK_APP)
+    with server.client() as client:
+        handle = submit(client, "openfal/work", {"seconds": 30, "steps": 300, "message": "x"})
+
+        def logged() -> list[dict]:
+            return client.get(handle["status_url"], params={"logs": 1}).json()["logs"] or []
+
+        wait_for(lambda: any(e["message"] == "start x" for e in logged()),
+                 what="the first attempt's log line")
+    killed_at = time.time()
+    server.kill()
+    restarted = start_server(*WORK_APP, data_dir=server.data_dir, port=server.port)
+    with restarted.client() as client:
+        status = client.get(handle["status_url"], params={"logs": 1}).json()
+        assert status["status"] in ("IN_QUEUE", "IN_PROGRESS")
+        before = [e for e in status["logs"] if e["message"] == "start x"
+                  and datetime.fromisoformat(e["timestamp"]).timestamp() < killed_at]
+        assert before, status["logs"]
+        client.put(handle["cancel_url"])

@@ -128,6 +128,7 @@ class Dispatcher:
                         "runner_disconnected"))
                     continue
                 self.store.requeue(job.id)
+            job.logs = await self.store.get_logs(job.id)  # status shows them as before
             self.jobs[job.id] = job
             self._arm_start_deadline(job)
             if not job.finished:
