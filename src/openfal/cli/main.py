@@ -26,6 +26,7 @@ from openfal.net.runtime import load_runtime
 from openfal.server import Platform, Settings
 from openfal.server import serve as serve_platform
 from openfal.upstream.config import UpstreamSet, load_config
+from openfal.upstream.placement import is_routed_only
 
 HELP = ("openfal: a self-hosted generative-media inference platform.\n\n"
         "The client commands (run, apps, runners, keys, usage, webhooks) find the server by "
@@ -184,15 +185,36 @@ def _announce(settings: Settings, platform: Platform, url: str) -> None:
     if settings.tls:
         console.print(f"fal-client: eval \"$(openfal env --data-dir "
                       f"{shlex.quote(str(settings.data_dir))})\"")
+    routed: list[str] = []
     for served in platform.registry.apps.values():
+        if is_routed_only(served.cls):
+            routed += served.endpoint_ids()
+            continue
         for endpoint_id in served.endpoint_ids():
             console.print(f"  serving {endpoint_id}  ({served.ref})")
+    if routed:
+        _announce_routed(settings, routed)
     if not settings.auth:
         console.print("[yellow]warning: --no-auth: anyone who can reach this server may "
                       "use it and see every request[/yellow]")
     elif platform.new_admin_key is not None:
         console.print(f"created the first ADMIN key (shown once; also saved in "
                       f"{settings.admin_key_path}):\n  {platform.new_admin_key}")
+
+
+def _announce_routed(settings: Settings, endpoint_ids: list[str]) -> None:
+    """Endpoints that run at an upstream: one line per upstream, and how many have none."""
+    by_upstream: dict[str, int] = {}
+    for endpoint_id in endpoint_ids:
+        upstream = settings.upstreams.for_endpoint(endpoint_id)
+        name = upstream.name if upstream else ""
+        by_upstream[name] = by_upstream.get(name, 0) + 1
+    for name, count in sorted(by_upstream.items()):
+        if name:
+            console.print(f"  routing {count} endpoints to the upstream {name}")
+    if by_upstream.get(""):
+        console.print(f"  {by_upstream['']} model-page endpoints need an upstream "
+                      "(--config; `openfal models list` shows them)")
 
 
 @app.command(help=RUN_HELP)
