@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from openfal.catalog import ENDPOINTS
-from openfal.catalog.apps import CATALOG_APP_REFS
+from openfal.catalog.apps import CATALOG_APP_REFS, LOCAL_IDS
 from openfal.cli.models import where_it_runs
 from openfal.testing import ServerProcess
 
@@ -32,7 +32,9 @@ OPEN_WEIGHTS = {
     "fal-ai/hidream-i1-full", "fal-ai/kandinsky5/text-to-video", "fal-ai/wan-trainer/t2v",
     "fal-ai/wan-trainer/t2v-14b", "fal-ai/wan-trainer/i2v-720p"}
 # Apps that are not catalog pages, served beside them.
-OTHER_APPS = ["openfal.models.echo::Echo", "openfal.models.flux::Flux"]
+OTHER_APPS = ["openfal.models.echo::Echo", "openfal.models.flux::Flux",
+              "openfal.models.flux_kontext::FluxKontextLora",
+              "openfal.models.flux_krea::FluxKreaLora", "openfal.models.hidream::HidreamI1Full"]
 OTHER_ENDPOINTS = {"openfal/echo", "fal-ai/flux/schnell", "fal-ai/flux/dev"}
 
 
@@ -134,11 +136,10 @@ def test_bad_input_is_a_422_on_the_field_before_anything_runs(
     assert_no_runner(client)
 
 
-@pytest.mark.parametrize("endpoint_id", sorted(PAGES))
+@pytest.mark.parametrize("endpoint_id", sorted(set(PAGES) - LOCAL_IDS))
 def test_example_passes_the_gateway(client: httpx.Client, endpoint_id: str) -> None:
-    """Catalog endpoints run upstream (the open-weight ones too, until they run here): with
-    none configured the call is refused once its input has passed validation, before a
-    request exists."""
+    """Catalog endpoints that do not run here run upstream: with none configured the call is
+    refused once its input has passed validation, before a request exists."""
     body = {**PAGES[endpoint_id]["example_input"], "not_a_field": True}
     response = client.post(f"/queue/{endpoint_id}", json=body)
     assert response.status_code == 503, response.text
@@ -202,8 +203,11 @@ def test_models_lists_every_served_endpoint(client: httpx.Client) -> None:
         assert metadata["tags"] == page["tags"]
         assert metadata["status"] == "active"
         assert metadata["display_name"] == page["title"] or page["title"] is None
-        assert by_id[endpoint_id]["runs_on"] == {"kind": "unavailable",
-                                                 "reason": "upstream_not_configured"}
+        runs_on = by_id[endpoint_id]["runs_on"]
+        if endpoint_id in LOCAL_IDS:
+            assert runs_on["kind"] == "local"
+        else:
+            assert runs_on == {"kind": "unavailable", "reason": "upstream_not_configured"}
     assert by_id["fal-ai/flux/dev"]["metadata"]["category"] == "text-to-image"
     assert by_id["fal-ai/flux/dev"]["runs_on"]["kind"] == "local"
     echo = by_id["openfal/echo"]["metadata"]
@@ -262,7 +266,7 @@ def test_cli_lists_where_each_endpoint_runs(catalog_server: ServerProcess,
     assert set(rows) >= set(PAGES) | OTHER_ENDPOINTS
     assert rows["fal-ai/sora-2/text-to-video/pro"][:2] == [
         "text-to-video", "unavailable (upstream_not_configured)"]
-    assert rows["fal-ai/hidream-i1-full"][1] == "unavailable (upstream_not_configured)"
+    assert rows["fal-ai/hidream-i1-full"][1].startswith("local")
     assert rows["openfal/echo"][1] == "local"
     assert rows["fal-ai/flux/dev"][1].startswith("local, ")
     assert "weights" in rows["fal-ai/flux/dev"][1]

@@ -12,13 +12,17 @@ import pytest
 
 from openfal.models.tiny import MARKER_FILE, TINY_KINDS, is_tiny_random, make_tiny
 
-PIPELINE_CLASSES = {"flux": "FluxPipeline", "sd": "StableDiffusionPipeline", "wan": "WanPipeline"}
+PIPELINE_CLASSES = {"flux": "FluxPipeline", "sd": "StableDiffusionPipeline", "wan": "WanPipeline",
+                    "flux-kontext": "FluxKontextPipeline", "hidream": "HiDreamImagePipeline"}
 CALL_ARGUMENTS: dict[str, dict[str, Any]] = {
     "flux": {"num_inference_steps": 2, "max_sequence_length": 64},
+    "flux-kontext": {"num_inference_steps": 2, "max_sequence_length": 64, "max_area": 64 * 64},
+    "hidream": {"num_inference_steps": 2},
     "sd": {"num_inference_steps": 2},
     "wan": {"num_inference_steps": 2, "num_frames": 9, "max_sequence_length": 64},
 }
-SIZES = {"flux": (64, 256), "sd": (64,), "wan": (64,)}
+# HiDream always generates about a megapixel.
+SIZES = {"flux": (64, 256), "sd": (64,), "wan": (64,), "flux-kontext": (64,), "hidream": (1024,)}
 PROMPT = "a photo of a cat sitting on a red chair"
 
 
@@ -46,7 +50,7 @@ def _generate(kind: str, pipeline: Any, *, seed: int, size: int) -> Any:
     import torch
 
     output = pipeline(
-        PROMPT,
+        prompt=PROMPT,  # by keyword: Kontext's first parameter is the image
         height=size,
         width=size,
         generator=torch.Generator().manual_seed(seed),

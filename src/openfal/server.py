@@ -33,6 +33,9 @@ BUILTIN_APPS = [
     "openfal.models.flux::Flux",
     "openfal.models.flux::OpenfalFlux",
     "openfal.models.tts::TTS",
+    "openfal.models.flux_kontext::FluxKontextLora",
+    "openfal.models.flux_krea::FluxKreaLora",
+    "openfal.models.hidream::HidreamI1Full",
     *CATALOG_APP_REFS,  # the model pages' endpoints, routed to an upstream
 ]
 DAY = 24 * 3600.0

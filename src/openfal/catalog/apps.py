@@ -5,8 +5,8 @@
 ``openfal.catalog.apps::FalAi_LumaDreamMachine`` (``CATALOG_APP_REFS`` lists them all). Each
 endpoint validates its input with the page's schema and hands it to
 ``openfal.upstream.router.forward``. They are all ``routed_only``: without an upstream
-configured for them the gateway refuses their calls. (The open-weight ones will get local
-implementations, which then take their ids; until then they route too.)
+configured for them the gateway refuses their calls. The open-weight endpoints that run on
+this machine (``LOCAL_IDS``) are served by their local apps in ``openfal.models`` instead.
 """
 
 from __future__ import annotations
@@ -21,10 +21,20 @@ from pydantic import BaseModel
 from openfal.app.app import App, endpoint
 from openfal.catalog import ENDPOINTS, CatalogEndpoint
 
-# The work happens upstream: a runner only waits on the network.
+# The work happens upstream: a runner only waits on the network, but its HTTP client costs
+# a few ms of CPU per request (docs/benchmarks.md), so busy apps get more runners.
 MAX_MULTIPLEXING = 64
+MAX_CONCURRENCY = 4
 KEEP_ALIVE = 300.0
 TRAINING_TIMEOUT = 6 * 3600.0
+# Served by local apps (openfal.models.flux_kontext, flux_krea, hidream), not forwarded.
+LOCAL_IDS = frozenset({
+    "fal-ai/flux-kontext-lora",
+    "fal-ai/flux-kontext-lora/inpaint",
+    "fal-ai/flux-kontext-lora/text-to-image",
+    "fal-ai/flux-krea-lora/stream",
+    "fal-ai/hidream-i1-full",
+})
 
 
 def _pascal(text: str) -> str:
@@ -59,7 +69,8 @@ def _app_class(app_id: str, entries: list[CatalogEndpoint]) -> type[App]:
         "__module__": __name__, "__qualname__": class_name,
         "__doc__": f"The {app_id} endpoints of the model pages.",
         "app_owner": owner, "app_name": name,
-        "max_multiplexing": MAX_MULTIPLEXING, "keep_alive": KEEP_ALIVE,
+        "max_multiplexing": MAX_MULTIPLEXING, "max_concurrency": MAX_CONCURRENCY,
+        "keep_alive": KEEP_ALIVE,
         "routed_only": True,
     }
     if any(entry.category == "training" for entry in entries):
@@ -74,6 +85,8 @@ def _app_class(app_id: str, entries: list[CatalogEndpoint]) -> type[App]:
 def _catalog_apps() -> dict[str, type[App]]:
     by_app: dict[str, list[CatalogEndpoint]] = defaultdict(list)
     for entry in ENDPOINTS.values():
+        if entry.id in LOCAL_IDS:
+            continue
         by_app["/".join(entry.id.split("/")[:2])].append(entry)
     classes = [_app_class(app_id, entries) for app_id, entries in sorted(by_app.items())]
     return {cls.__name__: cls for cls in classes}

@@ -1,26 +1,44 @@
-"""FLUX text-to-image: ``fal-ai/flux/schnell``, ``fal-ai/flux/dev`` and ``openfal/flux``.
+"""FLUX text-to-image (``fal-ai/flux/schnell``, ``fal-ai/flux/dev``, ``openfal/flux``), and the
+pieces every diffusers image app of openfal shares (FLUX Kontext, FLUX Krea, HiDream).
 
-Runs diffusers' ``FluxPipeline`` on weights found by :mod:`openfal.models.weights`. The
-inputs and outputs follow the hosted endpoints' documented schema.
+The apps run diffusers pipelines on weights found by :mod:`openfal.models.weights`, loaded once
+per runner and never per request. Shared behaviour:
 
-``enable_safety_checker`` is accepted for compatibility, but openfal ships no NSFW
-classifier that runs offline: nothing is filtered and ``has_nsfw_concepts`` is all false.
-When the weights are a random test model (``openfal models make-tiny``), the images are
-noise, and the result's ``notice`` and the request's logs say so.
+- Sizes: a size the schema accepts comes back at exactly that size. The model generates at the
+  nearest size it supports (multiples of 16, within its area limit) and the images are resized
+  to the requested size when the two differ.
+- Seeds: the same seed and input give the same images (the noise comes from a CPU generator);
+  without a seed one is drawn and returned.
+- Every step reports progress and is a cancellation point; a streaming caller (``/stream``)
+  also gets a few decoded previews of the latents.
+- Safety: openfal ships no NSFW classifier, so nothing is filtered and no check is claimed:
+  ``has_nsfw_concepts`` is null for each image, ``safety_checked`` is false and ``notice``
+  says so. When the weights are a random test model (``openfal models make-tiny``) the images
+  are noise, and ``notice`` and the request's logs say that too.
 """
 
 from __future__ import annotations
 
+import math
 import secrets
 import threading
 import time
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, create_model
 
 import openfal
 from openfal.app.context import current_request
-from openfal.models.weights import device_and_dtype, require_model, require_runtime
+from openfal.app.errors import FieldException
+from openfal.models.weights import device_and_dtype, place_pipeline, require_model, require_runtime
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+    from openfal.models.lora import LoraFile
 
 SCHNELL = "black-forest-labs/FLUX.1-schnell"
 DEV = "black-forest-labs/FLUX.1-dev"
@@ -31,22 +49,32 @@ PRESET_SIZES: dict[str, tuple[int, int]] = {
     "square_hd": (1024, 1024), "square": (512, 512), "portrait_4_3": (768, 1024),
     "portrait_16_9": (576, 1024), "landscape_4_3": (1024, 768), "landscape_16_9": (1024, 576),
 }
+# The hosted pages' limit on a side, for requested sizes and input images alike.
+MAX_SIDE = 14142
+# FLUX-family latents are 2x2 patches of an 8x VAE: sides are multiples of 16.
+MODEL_MULTIPLE = 16
+MIN_GENERATION_SIDE = 64
+MAX_GENERATION_AREA = 2048 * 2048
+MAX_NUM_IMAGES = 4
+MAX_STEPS = 100
 PREVIEW_COUNT = 4
 PREVIEW_MAX_SIDE = 256
 NOISE_NOTICE = "These weights are random (a test model): the images are noise."
+NO_SAFETY_CHECK = ("No safety checker ran: nothing was filtered, and has_nsfw_concepts is "
+                   "null for each image.")
+
+OutputModel = TypeVar("OutputModel", bound=BaseModel)
+PreviewDecoder = Callable[[Any], list["PILImage"]]
+# Something to run the pipeline's call in (e.g. a cache on its transformer), given the pipeline.
+Accelerator = Callable[[Any], AbstractContextManager[Any]]
 
 
 class ImageSize(BaseModel):
-    width: int = Field(default=512, ge=64, le=2048, description="Width in pixels, a multiple of 8.")
-    height: int = Field(default=512, ge=64, le=2048,
-                        description="Height in pixels, a multiple of 8.")
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, value: int) -> int:
-        if value % 8:
-            raise ValueError("must be a multiple of 8")
-        return value
+    width: int = Field(default=512, gt=0, le=MAX_SIDE, description=(
+        "Width in pixels. The model generates at the nearest size it supports and the "
+        "image is resized to exactly this width."))
+    height: int = Field(default=512, gt=0, le=MAX_SIDE, description=(
+        "Height in pixels, honoured exactly as the width is."))
 
 
 class FluxInput(BaseModel):
@@ -62,9 +90,11 @@ class FluxInput(BaseModel):
                                   description="How closely to follow the prompt.")
     sync_mode: bool = Field(default=False, description=(
         "Return the images as data URIs in the response instead of storing them."))
-    num_images: int = Field(default=1, ge=1, le=4, description="The number of images.")
+    num_images: int = Field(default=1, ge=1, le=MAX_NUM_IMAGES,
+                            description="The number of images.")
     enable_safety_checker: bool = Field(default=True, description=(
-        "Accepted for compatibility; openfal has no offline safety checker."))
+        "Accepted for compatibility; openfal has no offline safety checker, so no check runs "
+        "and has_nsfw_concepts is null."))
     output_format: Literal["jpeg", "png"] = Field(default="jpeg",
                                                   description="The format of the images.")
 
@@ -78,73 +108,281 @@ class Timings(BaseModel):
     inference: float
 
 
-class FluxOutput(BaseModel):
+class SafetyReport(BaseModel):
+    """What an image result says about safety checking: here, that none ran."""
+
+    has_nsfw_concepts: list[bool | None] | None = Field(default=None, description=(
+        "Per image, whether a safety checker found NSFW content; null where no checker ran "
+        "(openfal runs none)."))
+    safety_checked: bool = Field(default=False, description=(
+        "Whether a safety checker looked at the images. Always false: openfal ships none."))
+    notice: str | None = Field(default=None, description=(
+        "What the result does not show: no safety check, random test weights."))
+
+
+class FluxOutput(SafetyReport):
     images: list[openfal.Image] = Field(description="The generated images.")
     timings: Timings
     seed: int = Field(description="The seed used, to reproduce the images.")
-    has_nsfw_concepts: list[bool]
     prompt: str
-    notice: str | None = Field(default=None, description="Set when the output is not real.")
 
 
-class FluxBase(openfal.App):
-    """Loads FLUX pipelines on first use and generates with them; subclasses add endpoints."""
+def with_safety_report(output_model: type[OutputModel]) -> type[OutputModel]:
+    """``output_model`` (a page's output schema) with :class:`SafetyReport`'s fields, so that
+    ``has_nsfw_concepts`` may hold nulls and the result can say no checker ran."""
+    return create_model(output_model.__name__, __base__=(SafetyReport, output_model),
+                        __module__=output_model.__module__)
+
+
+# Loading
+
+
+@dataclass
+class LoadedPipeline:
+    """A pipeline loaded once per runner, with the lock that serialises its use: LoRA adapters
+    live in the shared model, so one request at a time applies and removes them."""
+
+    pipeline: Any
+    noise: bool
+    device: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    variants: dict[str, Any] = field(default_factory=dict)
+
+    def variant(self, pipeline_class: Any) -> Any:
+        """``pipeline_class`` over the same components (no copy of the weights)."""
+        name = pipeline_class.__name__
+        if type(self.pipeline) is pipeline_class:
+            return self.pipeline
+        if name not in self.variants:
+            self.variants[name] = place_pipeline(pipeline_class(**self.pipeline.components),
+                                                 self.device)
+        return self.variants[name]
+
+
+class DiffusersApp(openfal.App):
+    """Loads pipelines on first use, keeps them for the runner's life, and generates."""
 
     keep_alive = 300
     max_multiplexing = 1
     request_timeout = 1800
+    # Python modules the app needs (a 503 naming the missing ones otherwise).
+    runtime_modules: tuple[str, ...] = ("torch", "diffusers", "transformers")
 
     def setup(self) -> None:
-        require_runtime("torch", "diffusers", "transformers")
-        self._pipelines: dict[str, Any] = {}
-        self._noise: dict[str, bool] = {}
-        self._lock = threading.Lock()
+        require_runtime(*self.runtime_modules)
+        self._loaded: dict[str, LoadedPipeline] = {}
+        self._loading = threading.Lock()
 
-    def pipeline(self, hub_id: str) -> Any:
-        with self._lock:
-            if hub_id not in self._pipelines:
-                self._pipelines[hub_id] = self._load(hub_id)
-            return self._pipelines[hub_id]
+    def loaded(self, hub_id: str, load: Callable[[], Any] | None = None) -> LoadedPipeline:
+        """The pipeline of ``hub_id``, loaded by ``load`` (default: diffusers' from_pretrained
+        of the folder ``require_model`` finds) the first time it is asked for."""
+        with self._loading:
+            if hub_id not in self._loaded:
+                self._loaded[hub_id] = self._load(hub_id, load)
+            return self._loaded[hub_id]
 
-    def _load(self, hub_id: str) -> Any:
-        from diffusers import FluxPipeline
+    def _load(self, hub_id: str, load: Callable[[], Any] | None) -> LoadedPipeline:
+        from diffusers import DiffusionPipeline
 
         from openfal.models.tiny import is_tiny_random
 
         path = require_model(hub_id)
         device, dtype = device_and_dtype()
         print(f"loading {hub_id} from {path} on {device} ({dtype})")
-        pipeline = FluxPipeline.from_pretrained(path, dtype=dtype).to(device)
-        pipeline.set_progress_bar_config(disable=True)
-        self._noise[hub_id] = is_tiny_random(path)
-        return pipeline
+        pipeline = load() if load else DiffusionPipeline.from_pretrained(path, dtype=dtype)
+        return LoadedPipeline(place_pipeline(pipeline, device), is_tiny_random(path), device)
 
-    def generate(self, hub_id: str, input: FluxInput) -> FluxOutput:
+    def generate(self, loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
+                 seed: int | None, steps: int, output_size: tuple[int, int] | None,
+                 loras: Sequence[Any] | None = None, preview: PreviewDecoder | None = None,
+                 accelerate: Accelerator | None = None) -> GeneratedImages:
+        """Run ``pipeline`` (``loaded``'s or a variant of it) with ``call``'s arguments plus
+        the seed's generator and the step reporter, with ``loras`` applied for this call only;
+        the images come back resized to ``output_size`` (None: as generated)."""
         import torch
 
-        pipeline = self.pipeline(hub_id)
-        noise = self._noise[hub_id]
-        if noise:
+        from openfal.models.lora import fetch_loras, lora_adapters
+
+        files: list[LoraFile] = fetch_loras(loras)
+        if loaded.noise:
             print(NOISE_NOTICE)
-        width, height = _pixels(input.image_size)
-        seed = input.seed if input.seed is not None else secrets.randbits(32)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
+        seed = seed if seed is not None else secrets.randbits(32)
+        generator = torch.Generator(device="cpu").manual_seed(seed % 2**64)
         started = time.perf_counter()
-        result = pipeline(
-            prompt=input.prompt, width=width, height=height,
-            num_inference_steps=input.num_inference_steps,
-            guidance_scale=input.guidance_scale, num_images_per_prompt=input.num_images,
-            generator=generator, max_sequence_length=_max_sequence_length(pipeline),
-            callback_on_step_end=_StepReporter(pipeline, width, height,
-                                               input.num_inference_steps),
-        )
-        inference = time.perf_counter() - started
-        images = [openfal.Image.from_pil(image, input.output_format,
-                                         file_name=_file_name(i, input.output_format, noise))
-                  for i, image in enumerate(result.images)]
-        return FluxOutput(images=images, timings=Timings(inference=inference), seed=seed,
-                          has_nsfw_concepts=[False] * len(images), prompt=input.prompt,
-                          notice=NOISE_NOTICE if noise else None)
+        speedup = accelerate(pipeline) if accelerate else nullcontext()
+        with loaded.lock, lora_adapters(pipeline, files), speedup:
+            images = pipeline(**call, generator=generator,
+                              callback_on_step_end=StepReporter(steps, preview)).images
+        seconds = time.perf_counter() - started
+        if output_size is not None:
+            images = [fit(image, output_size) for image in images]
+        return GeneratedImages(images, seed, seconds, loaded.noise)
+
+
+@dataclass
+class GeneratedImages:
+    images: list[PILImage]
+    seed: int
+    seconds: float
+    noise: bool
+
+    def result(self, output_model: type[OutputModel], prompt: str,
+               output_format: str) -> OutputModel:
+        """The images stored (or inlined for ``sync_mode``) and described as
+        ``output_model`` (one with :class:`SafetyReport`'s fields)."""
+        files = [openfal.Image.from_pil(image, output_format,
+                                        file_name=_file_name(i, output_format, self.noise))
+                 for i, image in enumerate(self.images)]
+        notices = [NO_SAFETY_CHECK, *([NOISE_NOTICE] if self.noise else [])]
+        return output_model.model_validate({
+            "images": [file.model_dump() for file in files],
+            "timings": {"inference": self.seconds}, "seed": self.seed, "prompt": prompt,
+            "has_nsfw_concepts": [None] * len(files), "safety_checked": False,
+            "notice": " ".join(notices)})
+
+
+# Sizes and inputs
+
+
+def requested_size(size: Any, default: tuple[int, int] = PRESET_SIZES["landscape_4_3"],
+                   field: str = "image_size") -> tuple[int, int]:
+    """A preset name or a ``{width, height}`` (openfal's or a page's model) as pixels; a 422 on
+    the field for a side below 1 or above :data:`MAX_SIDE`."""
+    if size is None:
+        return default
+    if isinstance(size, str):
+        return PRESET_SIZES[size]
+    for side in ("width", "height"):
+        check_range(f"{field}.{side}", getattr(size, side), 1, MAX_SIDE)
+    return size.width, size.height
+
+
+def generation_size(width: int, height: int, max_area: int = MAX_GENERATION_AREA
+                    ) -> tuple[int, int]:
+    """The size nearest ``width`` x ``height`` that a FLUX-family model generates: sides
+    rounded to multiples of 16 (at least 64), scaled down to fit ``max_area``."""
+    scale = min(1.0, math.sqrt(max_area / (width * height)))
+
+    def side(pixels: int) -> int:
+        return max(MIN_GENERATION_SIDE, round(pixels * scale / MODEL_MULTIPLE) * MODEL_MULTIPLE)
+
+    return side(width), side(height)
+
+
+def fit(image: PILImage, size: tuple[int, int]) -> PILImage:
+    """``image`` at exactly ``size`` (resampled when it differs)."""
+    from PIL import Image as PIL
+
+    return image if image.size == size else image.resize(size, PIL.Resampling.LANCZOS)
+
+
+def check_range(field: str, value: float, low: float, high: float) -> None:
+    """A 422 on ``field`` when ``value`` is outside [low, high] (or not a finite number)."""
+    if not (math.isfinite(value) and low <= value <= high):
+        raise FieldException(field, f"must be between {low} and {high}",
+                             type="value_error")
+
+
+def check_generation_input(input: Any) -> None:
+    """Bounds of the fields every image page has, where the page's schema states none: a 422
+    on the field instead of a failure inside the model."""
+    check_range("num_images", input.num_images, 1, MAX_NUM_IMAGES)
+    check_range("num_inference_steps", input.num_inference_steps, 1, MAX_STEPS)
+    check_range("guidance_scale", input.guidance_scale, 0, 100)
+
+
+def max_sequence_length(tokenizer: Any, limit: int = 512) -> int:
+    # Real FLUX takes 256 (schnell) or 512 T5 tokens; a tiny test tokenizer has fewer.
+    return min(limit, tokenizer.model_max_length)
+
+
+def _file_name(index: int, output_format: str, noise: bool) -> str:
+    ext = "jpg" if output_format == "jpeg" else output_format
+    return f"{'random-noise-' if noise else ''}image-{index}.{ext}"
+
+
+# Steps: progress, cancellation and previews
+
+
+class StepReporter:
+    """The pipeline's step callback: progress and cancellation at every step, and for
+    streaming callers a few previews decoded by ``decode``."""
+
+    def __init__(self, steps: int, decode: PreviewDecoder | None):
+        self.steps = steps
+        self.decode = decode
+        ctx = current_request()
+        self.previews = bool(ctx and ctx.streaming and decode)
+        self.preview_every = max(1, steps // PREVIEW_COUNT)
+
+    def __call__(self, pipeline: Any, step: int, timestep: Any,
+                 tensors: dict[str, Any]) -> dict[str, Any]:
+        done = step + 1
+        openfal.progress(done, self.steps)
+        if self.previews and done < self.steps and done % self.preview_every == 0:
+            assert self.decode is not None
+            images = [openfal.Image.from_pil(image, "jpeg", inline=True)
+                      for image in self.decode(tensors["latents"])]
+            openfal.partial({"images": [image.model_dump() for image in images],
+                             "step": done, "num_inference_steps": self.steps})
+        return tensors
+
+
+def decode_preview(pipeline: Any, latents: Any) -> list[PILImage]:
+    """Latents (unpacked, as the VAE takes them) as small PIL images."""
+    import torch
+
+    vae = pipeline.vae
+    with torch.no_grad():
+        scaled = latents / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+        decoded = vae.decode(scaled.to(vae.dtype), return_dict=False)[0]
+    images = pipeline.image_processor.postprocess(decoded, output_type="pil")
+    for image in images:
+        image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
+    return images
+
+
+def packed_preview(pipeline: Any, width: int, height: int) -> PreviewDecoder:
+    """Previews of a FLUX-family pipeline's packed latents for a ``width`` x ``height``
+    generation."""
+    def decode(latents: Any) -> list[PILImage]:
+        unpacked = pipeline._unpack_latents(latents, height, width, pipeline.vae_scale_factor)
+        return decode_preview(pipeline, unpacked)
+
+    return decode
+
+
+# The FLUX apps
+
+
+class FluxBase(DiffusersApp):
+    """FLUX.1-family generation (``FluxPipeline`` and its Kontext siblings); subclasses add
+    endpoints."""
+
+    def flux_call(self, pipeline: Any, input: Any, width: int, height: int,
+                  num_images: int | None = None) -> dict[str, Any]:
+        """The pipeline arguments from ``input``'s prompt, num_inference_steps,
+        guidance_scale and num_images (unless ``num_images`` overrides it)."""
+        return {"prompt": input.prompt, "width": width, "height": height,
+                "num_inference_steps": input.num_inference_steps,
+                "guidance_scale": input.guidance_scale,
+                "num_images_per_prompt": num_images or input.num_images,
+                "max_sequence_length": max_sequence_length(pipeline.tokenizer_2)}
+
+    def generate_flux(self, hub_id: str, input: Any, output_model: type[OutputModel], *,
+                      loras: Sequence[Any] | None = None, num_images: int | None = None,
+                      accelerate: Accelerator | None = None) -> OutputModel:
+        """Text-to-image at ``input.image_size``, seeded by ``input.seed``, as
+        ``input.output_format``."""
+        loaded = self.loaded(hub_id)
+        pipeline = loaded.pipeline
+        size = requested_size(input.image_size)
+        width, height = generation_size(*size)
+        generated = self.generate(
+            loaded, pipeline, self.flux_call(pipeline, input, width, height, num_images),
+            seed=input.seed, steps=input.num_inference_steps, output_size=size, loras=loras,
+            preview=packed_preview(pipeline, width, height), accelerate=accelerate)
+        return generated.result(output_model, input.prompt, input.output_format)
 
 
 class Flux(FluxBase):
@@ -155,11 +393,11 @@ class Flux(FluxBase):
 
     @openfal.endpoint("/schnell")
     def schnell(self, input: FluxSchnellInput) -> FluxOutput:
-        return self.generate(SCHNELL, input)
+        return self.generate_flux(SCHNELL, input, FluxOutput)
 
     @openfal.endpoint("/dev")
     def dev(self, input: FluxInput) -> FluxOutput:
-        return self.generate(DEV, input)
+        return self.generate_flux(DEV, input, FluxOutput)
 
 
 class OpenfalFlux(FluxBase):
@@ -169,57 +407,4 @@ class OpenfalFlux(FluxBase):
 
     @openfal.endpoint("/")
     def run(self, input: FluxSchnellInput) -> FluxOutput:
-        return self.generate(SCHNELL, input)
-
-
-def _pixels(size: str | ImageSize) -> tuple[int, int]:
-    if isinstance(size, ImageSize):
-        return size.width, size.height
-    return PRESET_SIZES[size]
-
-
-def _max_sequence_length(pipeline: Any) -> int:
-    # Real FLUX takes 256 (schnell) or 512 T5 tokens; a tiny test tokenizer has fewer.
-    return min(512, pipeline.tokenizer_2.model_max_length)
-
-
-def _file_name(index: int, output_format: str, noise: bool) -> str:
-    ext = "jpg" if output_format == "jpeg" else output_format
-    return f"{'random-noise-' if noise else ''}image-{index}.{ext}"
-
-
-class _StepReporter:
-    """The pipeline's step callback: progress, cancellation, and previews for streams."""
-
-    def __init__(self, pipeline: Any, width: int, height: int, steps: int):
-        self.pipeline = pipeline
-        self.width = width
-        self.height = height
-        self.steps = steps
-        ctx = current_request()
-        self.previews = bool(ctx and ctx.streaming)
-        self.preview_every = max(1, steps // PREVIEW_COUNT)
-
-    def __call__(self, pipeline: Any, step: int, timestep: Any,
-                 tensors: dict[str, Any]) -> dict[str, Any]:
-        done = step + 1
-        openfal.progress(done, self.steps)
-        if self.previews and done < self.steps and done % self.preview_every == 0:
-            openfal.partial({"images": [image.model_dump() for image in
-                                        self._preview(tensors["latents"])],
-                             "step": done, "num_inference_steps": self.steps})
-        return tensors
-
-    def _preview(self, latents: Any) -> list[openfal.Image]:
-        import torch
-
-        vae = self.pipeline.vae
-        with torch.no_grad():
-            unpacked = self.pipeline._unpack_latents(latents, self.height, self.width,
-                                                     self.pipeline.vae_scale_factor)
-            unpacked = unpacked / vae.config.scaling_factor + vae.config.shift_factor
-            decoded = vae.decode(unpacked, return_dict=False)[0]
-        images = self.pipeline.image_processor.postprocess(decoded, output_type="pil")
-        for image in images:
-            image.thumbnail((PREVIEW_MAX_SIDE, PREVIEW_MAX_SIDE))
-        return [openfal.Image.from_pil(image, "jpeg", inline=True) for image in images]
+        return self.generate_flux(SCHNELL, input, FluxOutput)

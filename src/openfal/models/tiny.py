@@ -21,7 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-TINY_KINDS: tuple[str, ...] = ("flux", "sd", "wan")
+TINY_KINDS: tuple[str, ...] = ("flux", "flux-kontext", "hidream", "sd", "wan")
 MARKER_FILE = "OPENFAL_TINY_RANDOM_WEIGHTS.txt"
 
 TOKENIZER_SENTENCES: tuple[str, ...] = (
@@ -40,6 +40,13 @@ CLIP_END_OF_WORD = "</w>"
 CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 CLIP_MAX_MERGES = 200
 CLIP_MAX_LENGTH = 77
+
+# Llama 3's byte-level BPE (GPT-2 style: a word carries its leading space, no end marker).
+LLAMA_WORD_PATTERN = re.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+")
+LLAMA_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>")
+LLAMA_MAX_MERGES = 200
+LLAMA_MAX_LENGTH = 128
 
 T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1 and 2, as T5 expects
 T5_WORD_BOUNDARY = "\u2581"
@@ -65,6 +72,16 @@ T5_ENCODER_CONFIG: dict[str, Any] = {
     "num_heads": 4,
     "relative_attention_num_buckets": 8,
     "is_encoder_decoder": False,
+}
+
+LLAMA_CONFIG: dict[str, Any] = {
+    "vocab_size": 1000,
+    "hidden_size": 16,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": LLAMA_MAX_LENGTH,
 }
 
 # A tiny 8x VAE (four blocks), shared by the image pipelines below.
@@ -99,6 +116,9 @@ FLUX_TRANSFORMER_CONFIG: dict[str, Any] = {
     "pooled_projection_dim": CLIP_TEXT_CONFIG["hidden_size"],
     "axes_dims_rope": [4, 4, 8],
 }
+# FLUX.1 Kontext [dev] and FLUX.1 [dev]-based checkpoints embed the guidance scale.
+FLUX_KONTEXT_TRANSFORMER_CONFIG: dict[str, Any] = {**FLUX_TRANSFORMER_CONFIG,
+                                                   "guidance_embeds": True}
 FLUX_SCHEDULER_CONFIG: dict[str, Any] = {
     "shift": 3.0,
     "use_dynamic_shifting": True,
@@ -107,6 +127,28 @@ FLUX_SCHEDULER_CONFIG: dict[str, Any] = {
     "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
 }
+
+# HiDream-I1 geometry: FLUX's VAE, 2x2 latent patches, a mixture-of-experts transformer fed by
+# two CLIPs (pooled), T5 and chosen Llama 3 layers.
+HIDREAM_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "patch_size": 2,
+    "in_channels": FLUX_VAE_CONFIG["latent_channels"],
+    "out_channels": FLUX_VAE_CONFIG["latent_channels"],
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 8,
+    "num_attention_heads": 4,
+    "caption_channels": [T5_ENCODER_CONFIG["d_model"], LLAMA_CONFIG["hidden_size"]],
+    "text_emb_dim": 2 * CLIP_TEXT_CONFIG["projection_dim"],
+    "num_routed_experts": 4,
+    "num_activated_experts": 2,
+    "axes_dims_rope": [4, 2, 2],
+    "max_resolution": [128, 128],
+    "llama_layers": [0, 1],
+}
+HIDREAM_SCHEDULER_CONFIG: dict[str, Any] = {"shift": 3.0}
+# HiDream's CLIPs are Long-CLIP (248 positions); the pipeline feeds them up to 128 tokens.
+HIDREAM_CLIP_POSITIONS = 248
 
 # Stable Diffusion 1.x geometry: an 8x VAE with 4 latent channels.
 SD_VAE_CONFIG: dict[str, Any] = {
@@ -205,6 +247,42 @@ def _flux_pipeline() -> Any:
     )
 
 
+def _flux_kontext_pipeline() -> Any:
+    from diffusers import FluxKontextPipeline
+
+    clip_tokenizer = _clip_tokenizer()
+    return FluxKontextPipeline(
+        scheduler=_flow_match_scheduler(FLUX_SCHEDULER_CONFIG),
+        vae=_autoencoder_kl(FLUX_VAE_CONFIG),
+        text_encoder=_clip_text_encoder(clip_tokenizer),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_t5_encoder(),
+        tokenizer_2=_t5_tokenizer(),
+        transformer=_flux_transformer(FLUX_KONTEXT_TRANSFORMER_CONFIG),
+    )
+
+
+def _hidream_pipeline() -> Any:
+    from diffusers import HiDreamImagePipeline
+
+    clip_tokenizer = _clip_tokenizer()
+    return HiDreamImagePipeline(
+        scheduler=_flow_match_scheduler(HIDREAM_SCHEDULER_CONFIG),
+        vae=_autoencoder_kl(FLUX_VAE_CONFIG),
+        text_encoder=_clip_text_encoder(clip_tokenizer, HIDREAM_CLIP_POSITIONS,
+                                        with_projection=True),
+        tokenizer=clip_tokenizer,
+        text_encoder_2=_clip_text_encoder(clip_tokenizer, HIDREAM_CLIP_POSITIONS,
+                                          with_projection=True),
+        tokenizer_2=_clip_tokenizer(),
+        text_encoder_3=_t5_encoder(),
+        tokenizer_3=_t5_tokenizer(),
+        text_encoder_4=_llama(),
+        tokenizer_4=_llama_tokenizer(),
+        transformer=_hidream_transformer(),
+    )
+
+
 def _sd_pipeline() -> Any:
     from diffusers import StableDiffusionPipeline
 
@@ -235,6 +313,8 @@ def _wan_pipeline() -> Any:
 
 _BUILDERS: dict[str, Callable[[], Any]] = {
     "flux": _flux_pipeline,
+    "flux-kontext": _flux_kontext_pipeline,
+    "hidream": _hidream_pipeline,
     "sd": _sd_pipeline,
     "wan": _wan_pipeline,
 }
@@ -243,22 +323,29 @@ _BUILDERS: dict[str, Callable[[], Any]] = {
 # Models and schedulers
 
 
-def _clip_text_encoder(tokenizer: Any) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModel
+def _clip_text_encoder(tokenizer: Any, max_positions: int = CLIP_MAX_LENGTH,
+                       with_projection: bool = False) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        **CLIP_TEXT_CONFIG,
+        **{**CLIP_TEXT_CONFIG, "max_position_embeddings": max_positions},
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    return CLIPTextModel(config)
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
 
 
 def _t5_encoder() -> Any:
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(**T5_ENCODER_CONFIG))
+
+
+def _llama() -> Any:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**LLAMA_CONFIG))
 
 
 def _umt5_encoder() -> Any:
@@ -273,10 +360,16 @@ def _autoencoder_kl(config: dict[str, Any]) -> Any:
     return AutoencoderKL(**config)
 
 
-def _flux_transformer() -> Any:
+def _flux_transformer(config: dict[str, Any] = FLUX_TRANSFORMER_CONFIG) -> Any:
     from diffusers import FluxTransformer2DModel
 
-    return FluxTransformer2DModel(**FLUX_TRANSFORMER_CONFIG)
+    return FluxTransformer2DModel(**config)
+
+
+def _hidream_transformer() -> Any:
+    from diffusers import HiDreamImageTransformer2DModel
+
+    return HiDreamImageTransformer2DModel(**HIDREAM_TRANSFORMER_CONFIG)
 
 
 def _sd_unet() -> Any:
@@ -318,7 +411,7 @@ def _clip_tokenizer() -> Any:
 
     byte_symbols = list(_bytes_to_unicode().values())
     vocab = byte_symbols + [symbol + CLIP_END_OF_WORD for symbol in byte_symbols]
-    merges = _train_bpe_merges(TOKENIZER_SENTENCES, CLIP_MAX_MERGES)
+    merges = _train_bpe_merges(_clip_words(TOKENIZER_SENTENCES), CLIP_MAX_MERGES)
     vocab += [left + right for left, right in merges]
     vocab += CLIP_SPECIAL_TOKENS
     return CLIPTokenizer(
@@ -326,6 +419,27 @@ def _clip_tokenizer() -> Any:
         merges=merges,
         model_max_length=CLIP_MAX_LENGTH,
     )
+
+
+def _llama_tokenizer() -> Any:
+    """A Llama 3 style tokenizer (``PreTrainedTokenizerFast`` over byte-level BPE, a
+    beginning-of-text token first): every byte is in the vocabulary, so nothing maps to unk."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    merges = _train_bpe_merges(_llama_words(TOKENIZER_SENTENCES), LLAMA_MAX_MERGES)
+    vocab = [*_bytes_to_unicode().values(), *(left + right for left, right in merges),
+             *LLAMA_SPECIAL_TOKENS]
+    ids = {token: index for index, token in enumerate(dict.fromkeys(vocab))}
+    tokenizer = Tokenizer(models.BPE(vocab=ids, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    bos = LLAMA_SPECIAL_TOKENS[0]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, ids[bos])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token=bos, eos_token=LLAMA_SPECIAL_TOKENS[1],
+        model_max_length=LLAMA_MAX_LENGTH)
 
 
 def _t5_tokenizer() -> Any:
@@ -360,9 +474,17 @@ def _clip_words(sentences: tuple[str, ...]) -> Counter[tuple[str, ...]]:
     return words
 
 
-def _train_bpe_merges(sentences: tuple[str, ...], max_merges: int) -> list[tuple[str, str]]:
-    """Plain BPE: merge the most frequent pair (ties: alphabetical) while some pair repeats."""
-    words = _clip_words(sentences)
+def _llama_words(sentences: tuple[str, ...]) -> Counter[tuple[str, ...]]:
+    """Each pre-tokenised word (with its leading space) as byte-level symbols."""
+    byte_map = _bytes_to_unicode()
+    return Counter(tuple(byte_map[byte] for byte in word.encode())
+                   for sentence in sentences for word in LLAMA_WORD_PATTERN.findall(sentence))
+
+
+def _train_bpe_merges(words: Counter[tuple[str, ...]], max_merges: int
+                      ) -> list[tuple[str, str]]:
+    """Plain BPE over ``words`` (symbol tuples with their counts): merge the most frequent
+    pair (ties: alphabetical) while some pair repeats."""
     merges: list[tuple[str, str]] = []
     while len(merges) < max_merges:
         pairs: Counter[tuple[str, str]] = Counter()

@@ -3,6 +3,16 @@
 An app asks for a hub id (``black-forest-labs/FLUX.1-schnell``). openfal looks in
 ``<models-dir>/<hub id>`` first (``openfal serve --models-dir``; runners get it as
 ``OPENFAL_MODELS_DIR``), then in the Hugging Face cache, and never downloads.
+
+Settings for small GPUs, read by every diffusers app when it loads a pipeline (the runner
+inherits them from ``openfal serve``'s environment):
+
+- ``OPENFAL_CPU_OFFLOAD``: ``model`` keeps each component on the CPU until it runs
+  (``enable_model_cpu_offload``: about the largest component in GPU memory, a little slower);
+  ``sequential`` moves layer by layer (``enable_sequential_cpu_offload``: least memory, much
+  slower); unset or ``none``: everything on the device.
+- ``OPENFAL_VAE_TILING=1``: decode in tiles (``vae.enable_tiling``), for large images.
+- ``OPENFAL_VAE_SLICING=1``: decode one image of a batch at a time (``vae.enable_slicing``).
 """
 
 from __future__ import annotations
@@ -15,6 +25,10 @@ from typing import Any
 from openfal.app.errors import ModelUnavailable
 
 MODELS_DIR_ENV = "OPENFAL_MODELS_DIR"
+CPU_OFFLOAD_ENV = "OPENFAL_CPU_OFFLOAD"
+VAE_TILING_ENV = "OPENFAL_VAE_TILING"
+VAE_SLICING_ENV = "OPENFAL_VAE_SLICING"
+CPU_OFFLOAD_MODES = ("none", "model", "sequential")
 
 
 def models_dir() -> Path:
@@ -81,3 +95,28 @@ def device_and_dtype() -> tuple[str, Any]:
     default_dtype = "bfloat16" if device.startswith("cuda") else "float32"
     dtype = getattr(torch, os.environ.get("OPENFAL_DTYPE", default_dtype))
     return device, dtype
+
+
+def place_pipeline(pipeline: Any, device: str) -> Any:
+    """Put a diffusers pipeline on ``device`` as the small-GPU settings say (see the module
+    docstring), with its progress bars off. Returns the pipeline."""
+    offload = os.environ.get(CPU_OFFLOAD_ENV, "").strip().lower() or "none"
+    if offload not in CPU_OFFLOAD_MODES:
+        raise ModelUnavailable(f"{CPU_OFFLOAD_ENV}={offload!r}: use one of "
+                               f"{', '.join(CPU_OFFLOAD_MODES)}")
+    if offload == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+    if _flag(VAE_TILING_ENV):
+        pipeline.vae.enable_tiling()
+    if _flag(VAE_SLICING_ENV):
+        pipeline.vae.enable_slicing()
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,0 +1,168 @@
+"""Benchmark: a FLUX.1 Kontext edit through openfal's queue against the same diffusers pipeline
+called directly in this process, same model, size, steps and seeds, in one command; then the
+peak memory of the one runner that serves the three Kontext endpoints.
+
+The model is a tiny random FluxKontextPipeline built in code (``openfal models make-tiny
+flux-kontext``), so the ratio isolates what openfal adds per request: the queue, dispatch to
+the runner, decoding the input image from its data URI, PNG encoding and storage, status and
+result fetches. The direct baseline gets the decoded input image, passes the arguments the
+app passes (the generation's own area, no automatic resize) and encodes a PNG the same way.
+Usage::
+
+    python bench/bench_kontext.py [--requests 20] [--size 256] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from bench_flux import WARMUP, summary
+from PIL import Image
+
+from openfal.models.tiny import make_tiny
+from openfal.testing import ServerProcess
+
+EDIT = "fal-ai/flux-kontext-lora"
+HUB_ID = "black-forest-labs/FLUX.1-Kontext-dev"
+PROMPT = "make it a snowy night"
+
+
+def input_image(size: int) -> Image.Image:
+    return Image.radial_gradient("L").resize((size, size)).convert("RGB")
+
+
+def data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def direct_editor(model_dir: Path, image: Image.Image, steps: int) -> Callable[[int], float]:
+    """The diffusers pipeline loaded in this process; each call edits ``image`` once (and
+    encodes the result as PNG) and returns the time it took."""
+    import torch
+    from diffusers import FluxKontextPipeline
+
+    pipeline = FluxKontextPipeline.from_pretrained(model_dir, dtype=torch.float32)
+    pipeline.set_progress_bar_config(disable=True)
+    width, height = image.size
+
+    def edit(seed: int) -> float:
+        started = time.perf_counter()
+        result = pipeline(image=image, prompt=PROMPT, width=width, height=height,
+                          max_area=width * height, _auto_resize=False,
+                          num_inference_steps=steps, guidance_scale=2.5,
+                          max_sequence_length=min(512, pipeline.tokenizer_2.model_max_length),
+                          generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        result.save(io.BytesIO(), format="PNG", compress_level=1)
+        return time.perf_counter() - started
+
+    return edit
+
+
+def queued_once(client: httpx.Client, endpoint: str, body: dict) -> tuple[float, float]:
+    """Submit, follow the status stream until COMPLETED, fetch the result: the wall time,
+    and the pipeline time the app measured inside the runner."""
+    started = time.perf_counter()
+    handle = client.post(f"/queue/{endpoint}", json=body).json()
+    with client.stream("GET", handle["status_url"] + "/stream") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["status"] == "COMPLETED":
+                break
+    result = client.get(handle["response_url"])
+    elapsed = time.perf_counter() - started
+    if result.status_code != 200:
+        raise RuntimeError(f"request failed: {result.text}")
+    return elapsed, result.json()["timings"]["inference"]
+
+
+def runner_peak_memory(client: httpx.Client, app_id: str) -> int:
+    """The peak resident memory (VmHWM, bytes) of the one runner of ``app_id``."""
+    [runner] = [r for r in client.get("/api/runners").json()["runners"]
+                if r["app_id"] == app_id]
+    for line in Path(f"/proc/{runner['pid']}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc")
+
+
+def serve_all_three(client: httpx.Client, image_uri: str, size: int, steps: int) -> None:
+    """One request to each Kontext endpoint (the edit has run already)."""
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (0, 0, size // 2, size))
+    queued_once(client, f"{EDIT}/inpaint", {
+        "image_url": image_uri, "mask_url": data_uri(mask.convert("RGB")),
+        "reference_image_url": image_uri, "prompt": PROMPT, "num_inference_steps": steps})
+    queued_once(client, f"{EDIT}/text-to-image", {
+        "prompt": PROMPT, "image_size": {"width": size, "height": size},
+        "num_inference_steps": steps})
+
+
+def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
+            seeds: list[int]) -> tuple[list[float], list[float], list[float], int]:
+    """Direct and queued edits, alternated so that both see the same machine; then the
+    runner's peak memory once it has served all three endpoints."""
+    image = input_image(size)
+    direct = direct_editor(model_dir, image, steps)
+    image_uri = data_uri(image)
+
+    def body(seed: int) -> dict:
+        return {"image_url": image_uri, "prompt": PROMPT, "seed": seed,
+                "num_inference_steps": steps}
+
+    direct_times, queued_times, in_runner = [], [], []
+    args = ["--no-auth", "--no-builtin", "--app", "openfal.models.flux_kontext::FluxKontextLora"]
+    with (ServerProcess(data_dir, args) as server,
+          httpx.Client(base_url=server.url, timeout=300) as client):
+        for seed in range(WARMUP):
+            direct(seed)
+            queued_once(client, EDIT, body(seed))
+        for seed in seeds:
+            direct_times.append(direct(seed))
+            wall, inference = queued_once(client, EDIT, body(seed))
+            queued_times.append(wall)
+            in_runner.append(inference)
+        serve_all_three(client, image_uri, size, steps)
+        peak = runner_peak_memory(client, EDIT)
+    return direct_times, queued_times, in_runner, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=20)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+    seeds = list(range(100, 100 + args.requests))
+    with tempfile.TemporaryDirectory(prefix="openfal-bench-kontext-") as tmp:
+        data_dir = Path(tmp)
+        model_dir = make_tiny("flux-kontext", data_dir / "models" / HUB_ID)
+        direct, queued, in_runner, peak = measure(data_dir, model_dir, args.size, args.steps,
+                                                  seeds)
+    ratio = statistics.median(queued) / statistics.median(direct)
+    direct_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"FLUX.1 Kontext edit (tiny random weights) {args.size}x{args.size}, {args.steps} "
+          f"steps, {args.requests} requests each, one at a time, alternated")
+    print(f"  diffusers pipeline, direct, in process : {summary(direct)}")
+    print(f"  openfal queue, submit to result        : {summary(queued)}")
+    print(f"    of which the pipeline in the runner  : {summary(in_runner)}")
+    print(f"  overhead ratio (median openfal / median direct): {ratio:.3f} (goal <= 1.05)")
+    print(f"  added per request (median): "
+          f"{(statistics.median(queued) - statistics.median(direct)) * 1000:.1f} ms")
+    print(f"  peak memory of the runner serving edit, inpaint and text-to-image: "
+          f"{peak / 2**20:.0f} MiB (this benchmark process, pipeline loaded directly: "
+          f"{direct_peak / 2**20:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
