@@ -36,6 +36,9 @@ BUILTIN_APPS = [
     "openfal.models.flux_kontext::FluxKontextLora",
     "openfal.models.flux_krea::FluxKreaLora",
     "openfal.models.hidream::HidreamI1Full",
+    "openfal.models.wan::WanT2V",
+    "openfal.models.wan::WanT2V14B",
+    "openfal.models.wan::WanI2V",
     *CATALOG_APP_REFS,  # the model pages' endpoints, routed to an upstream
 ]
 DAY = 24 * 3600.0

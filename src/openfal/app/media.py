@@ -1,9 +1,11 @@
 """Files in requests and results: ``File``, ``Image``, ``Video``, ``Audio`` and URL inputs.
 
-Outputs: an app makes a file with ``File.from_bytes`` / ``from_path`` / ``Image.from_pil``;
-it is stored and serialises like the hosted platform's outputs (``{url, content_type,
-file_name, file_size[, width, height]}``). When the request asked for ``sync_mode`` (or
-``inline=True``), it is returned as a data URI instead and never stored.
+Outputs: an app makes a file with ``File.from_bytes`` / ``from_path`` / ``Image.from_pil`` /
+``Video.from_frames`` (H.264 MP4 through PyAV) / ``Audio.from_wav``; it is stored and
+serialises like the hosted platform's outputs (``{url, content_type, file_name, file_size}``,
+plus ``width``/``height`` for images; ``width``/``height``/``fps``/``num_frames``/``duration``
+for videos; ``duration``/``sample_rate``/``channels`` for audio). When the request asked for
+``sync_mode`` (or ``inline=True``), it is returned as a data URI instead and never stored.
 
 Inputs: fields typed ``File``/``Image``/..., ``FileUrl``/``ImageUrl``, or plain ``*_url``
 strings accept http(s) URLs, data URIs and this server's file URLs. Before the endpoint
@@ -14,10 +16,14 @@ time), so the app reads ``.path`` or calls ``.to_pil()`` without download code.
 from __future__ import annotations
 
 import io
+import math
 import mimetypes
+import tempfile
 import time
-from collections.abc import Callable
+import wave
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -155,11 +161,107 @@ class Image(File):
 
 
 class Video(File):
-    pass
+    width: int | None = Field(default=None, description="The width of the video in pixels.")
+    height: int | None = Field(default=None, description="The height of the video in pixels.")
+    fps: float | None = Field(default=None, description="The frame rate, in frames per second.")
+    num_frames: int | None = Field(default=None, description="The number of frames.")
+    duration: float | None = Field(default=None, description="The duration in seconds.")
+
+    @classmethod
+    def from_frames(cls, frames: Sequence[Any] | Any, fps: float, *,
+                    file_name: str = "video.mp4", inline: bool | None = None) -> Self:
+        """Encode ``frames`` (PIL images, or ``H x W x 3`` arrays: uint8, or floats in [0, 1]
+        as diffusers' ``output_type="np"`` gives them) as an H.264 MP4 (yuv420p, PyAV) at
+        ``fps``, store it and describe it. An odd side is padded by one edge pixel, as 4:2:0
+        needs even sides; ``width`` and ``height`` say what was encoded."""
+        encoded = encode_mp4(frames, fps)
+        return cls.from_bytes(encoded.data, "video/mp4", file_name, inline=inline,
+                              width=encoded.width, height=encoded.height, fps=encoded.fps,
+                              num_frames=encoded.num_frames,
+                              duration=encoded.num_frames / encoded.fps)
+
+
+@dataclass(frozen=True)
+class EncodedVideo:
+    data: bytes
+    width: int
+    height: int
+    fps: float
+    num_frames: int
+
+
+H264_CRF = "18"  # visually near lossless; x264's default preset
+
+
+def encode_mp4(frames: Sequence[Any] | Any, fps: float) -> EncodedVideo:
+    """``frames`` as an H.264 MP4 in memory (see :meth:`Video.from_frames`)."""
+    import av
+
+    arrays = [_rgb24(frame) for frame in frames]
+    if not arrays:
+        raise ValueError("a video needs at least one frame")
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, not {fps!r}")
+    height, width = arrays[0].shape[:2]
+    if any(array.shape[:2] != (height, width) for array in arrays):
+        raise ValueError("every frame of a video must have the same size")
+    rate = Fraction(fps).limit_denominator(1001)
+    # A file, not memory: moving the index to the front (faststart, so that players start
+    # before the download ends) rereads the output.
+    with tempfile.TemporaryDirectory(prefix="openfal-video-") as scratch:
+        path = Path(scratch) / "video.mp4"
+        with av.open(str(path), "w", format="mp4",
+                     options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=rate, options={"crf": H264_CRF})
+            stream.width, stream.height = width + width % 2, height + height % 2
+            stream.pix_fmt = "yuv420p"
+            for array in arrays:
+                frame = av.VideoFrame.from_ndarray(_even_sides(array), format="rgb24")
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        data = path.read_bytes()
+    return EncodedVideo(data, stream.width, stream.height, float(rate), len(arrays))
+
+
+def _rgb24(frame: Any) -> Any:
+    """A frame as a contiguous ``H x W x 3`` uint8 array."""
+    import numpy as np
+
+    if hasattr(frame, "convert"):  # a PIL image
+        frame = frame.convert("RGB")
+    array = np.asarray(frame)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"a frame must be H x W x 3 (RGB), not {array.shape}")
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+def _even_sides(array: Any) -> Any:
+    import numpy as np
+
+    height, width = array.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return array
+    return np.pad(array, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
 
 
 class Audio(File):
-    pass
+    duration: float | None = Field(default=None, description="The duration in seconds.")
+    sample_rate: int | None = Field(default=None,
+                                    description="The sample rate, in samples per second.")
+    channels: int | None = Field(default=None, description="The number of channels.")
+
+    @classmethod
+    def from_wav(cls, data: bytes, file_name: str = "audio.wav", *,
+                 inline: bool | None = None) -> Self:
+        """Store a WAV file and describe it, with its duration, sample rate and channels read
+        from its header."""
+        with wave.open(io.BytesIO(data)) as header:
+            rate, frames = header.getframerate(), header.getnframes()
+            channels = header.getnchannels()
+        return cls.from_bytes(data, "audio/wav", file_name, inline=inline,
+                              duration=frames / rate, sample_rate=rate, channels=channels)
 
 
 class FileUrl(str):

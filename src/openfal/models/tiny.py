@@ -21,7 +21,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-TINY_KINDS: tuple[str, ...] = ("flux", "flux-kontext", "hidream", "sd", "wan")
+TINY_KINDS: tuple[str, ...] = ("flux", "flux-kontext", "hidream", "sd", "wan", "wan-i2v")
 MARKER_FILE = "OPENFAL_TINY_RANDOM_WEIGHTS.txt"
 
 TOKENIZER_SENTENCES: tuple[str, ...] = (
@@ -201,6 +201,14 @@ WAN_TRANSFORMER_CONFIG: dict[str, Any] = {
     "rope_max_seq_len": 32,
 }
 WAN_SCHEDULER_CONFIG: dict[str, Any] = {"shift": 5.0}
+# Wan 2.1 image-to-video: the transformer also takes the image's latents (16 channels) and a
+# 4-channel first-frame mask. Built without the CLIP image encoder (image_dim=None), as
+# diffusers allows for Wan I2V: the image conditions the video through its latents only.
+WAN_I2V_TRANSFORMER_CONFIG: dict[str, Any] = {
+    **WAN_TRANSFORMER_CONFIG,
+    "in_channels": 2 * WAN_VAE_CONFIG["z_dim"] + 4,
+    "image_dim": None,
+}
 
 
 def make_tiny(kind: str, out_dir: Path, seed: int = 0) -> Path:
@@ -311,12 +319,27 @@ def _wan_pipeline() -> Any:
     )
 
 
+def _wan_i2v_pipeline() -> Any:
+    from diffusers import WanImageToVideoPipeline
+
+    return WanImageToVideoPipeline(
+        tokenizer=_t5_tokenizer(),
+        text_encoder=_umt5_encoder(),
+        vae=_wan_vae(),
+        scheduler=_flow_match_scheduler(WAN_SCHEDULER_CONFIG),
+        transformer=_wan_transformer(WAN_I2V_TRANSFORMER_CONFIG),
+        image_encoder=None,
+        image_processor=None,
+    )
+
+
 _BUILDERS: dict[str, Callable[[], Any]] = {
     "flux": _flux_pipeline,
     "flux-kontext": _flux_kontext_pipeline,
     "hidream": _hidream_pipeline,
     "sd": _sd_pipeline,
     "wan": _wan_pipeline,
+    "wan-i2v": _wan_i2v_pipeline,
 }
 
 
@@ -384,10 +407,10 @@ def _wan_vae() -> Any:
     return AutoencoderKLWan(**WAN_VAE_CONFIG)
 
 
-def _wan_transformer() -> Any:
+def _wan_transformer(config: dict[str, Any] = WAN_TRANSFORMER_CONFIG) -> Any:
     from diffusers import WanTransformer3DModel
 
-    return WanTransformer3DModel(**WAN_TRANSFORMER_CONFIG)
+    return WanTransformer3DModel(**config)
 
 
 def _flow_match_scheduler(config: dict[str, Any]) -> Any:

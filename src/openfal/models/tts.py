@@ -51,5 +51,5 @@ class TTS(openfal.App):
         pcm, rate = speech.synthesize(
             input.text, voice=input.voice, pitch=input.pitch,
             words_per_minute=round(BASE_WORDS_PER_MINUTE * input.speed))
-        audio = openfal.Audio.from_bytes(speech.to_wav(pcm, rate), "audio/wav", "speech.wav")
+        audio = openfal.Audio.from_wav(speech.to_wav(pcm, rate), "speech.wav")
         return TTSOutput(audio=audio)
