@@ -196,27 +196,40 @@ class DiffusersApp(openfal.App):
                  seed: int | None, steps: int, output_size: tuple[int, int] | None,
                  loras: Sequence[Any] | None = None, preview: PreviewDecoder | None = None,
                  accelerate: Accelerator | None = None) -> GeneratedImages:
-        """Run ``pipeline`` (``loaded``'s or a variant of it) with ``call``'s arguments plus
-        the seed's generator and the step reporter, with ``loras`` applied for this call only;
-        the images come back resized to ``output_size`` (None: as generated)."""
-        import torch
-
-        from openfal.models.lora import fetch_loras, lora_adapters
-
-        files: list[LoraFile] = fetch_loras(loras)
-        if loaded.noise:
-            print(NOISE_NOTICE)
-        seed = seed if seed is not None else secrets.randbits(32)
-        generator = torch.Generator(device="cpu").manual_seed(seed % 2**64)
-        started = time.perf_counter()
-        speedup = accelerate(pipeline) if accelerate else nullcontext()
-        with loaded.lock, lora_adapters(pipeline, files), speedup:
-            images = pipeline(**call, generator=generator,
-                              callback_on_step_end=StepReporter(steps, preview)).images
-        seconds = time.perf_counter() - started
+        """Run ``pipeline`` (``loaded``'s or a variant of it) with ``call``'s arguments (see
+        :func:`seeded_call`); the images come back resized to ``output_size`` (None: as
+        generated)."""
+        output, seed, seconds = seeded_call(loaded, pipeline, call, seed=seed, steps=steps,
+                                            loras=loras, preview=preview,
+                                            accelerate=accelerate)
+        images = output.images
         if output_size is not None:
             images = [fit(image, output_size) for image in images]
         return GeneratedImages(images, seed, seconds, loaded.noise)
+
+
+def seeded_call(loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
+                seed: int | None, steps: int, loras: Sequence[Any] | None = None,
+                preview: PreviewDecoder | None = None, accelerate: Accelerator | None = None,
+                noise_notice: str = NOISE_NOTICE) -> tuple[Any, int, float]:
+    """Run ``pipeline`` with ``call`` plus the seed's CPU generator and a step reporter
+    (progress, cancellation, previews), with ``loras`` applied for this call only, under the
+    pipeline's lock. Returns the pipeline's output, the seed and the seconds it took."""
+    import torch
+
+    from openfal.models.lora import fetch_loras, lora_adapters
+
+    files: list[LoraFile] = fetch_loras(loras)
+    if loaded.noise:
+        print(noise_notice)
+    seed = seed if seed is not None else secrets.randbits(32)
+    generator = torch.Generator(device="cpu").manual_seed(seed % 2**64)
+    started = time.perf_counter()
+    speedup = accelerate(pipeline) if accelerate else nullcontext()
+    with loaded.lock, lora_adapters(pipeline, files), speedup:
+        output = pipeline(**call, generator=generator,
+                          callback_on_step_end=StepReporter(steps, preview))
+    return output, seed, time.perf_counter() - started
 
 
 @dataclass

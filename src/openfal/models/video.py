@@ -15,8 +15,6 @@
 from __future__ import annotations
 
 import math
-import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 import openfal
-from openfal.models.flux import DiffusersApp, LoadedPipeline, StepReporter, fit
+from openfal.models.flux import DiffusersApp, LoadedPipeline, fit, seeded_call
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -65,28 +63,6 @@ def generation_frames(num_frames: int) -> int:
     return math.ceil((num_frames - 1) / TEMPORAL_COMPRESSION) * TEMPORAL_COMPRESSION + 1
 
 
-def seeded_call(loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
-                seed: int | None, steps: int, loras: Sequence[Any] | None = None
-                ) -> tuple[Any, int, float]:
-    """Run ``pipeline`` with ``call`` plus the seed's CPU generator and a step reporter
-    (progress, cancellation), with ``loras`` applied for this call only, under the pipeline's
-    lock. Returns the pipeline's output, the seed and the seconds it took."""
-    import torch
-
-    from openfal.models.lora import fetch_loras, lora_adapters
-
-    files = fetch_loras(loras)
-    if loaded.noise:
-        print(VIDEO_NOISE_NOTICE)
-    seed = seed if seed is not None else secrets.randbits(32)
-    generator = torch.Generator(device="cpu").manual_seed(seed % 2**64)
-    started = time.perf_counter()
-    with loaded.lock, lora_adapters(pipeline, files):
-        output = pipeline(**call, generator=generator,
-                          callback_on_step_end=StepReporter(steps, None))
-    return output, seed, time.perf_counter() - started
-
-
 @dataclass
 class GeneratedVideo:
     frames: list[PILImage]
@@ -119,7 +95,7 @@ class VideoDiffusionApp(DiffusersApp):
         generator and the callback) for ``num_frames`` frames at ``output_size``."""
         call = {**call, "num_frames": generation_frames(num_frames), "output_type": "np"}
         output, seed, seconds = seeded_call(loaded, pipeline, call, seed=seed, steps=steps,
-                                            loras=loras)
+                                            loras=loras, noise_notice=VIDEO_NOISE_NOTICE)
         frames = [fit(to_pil(frame), output_size) for frame in output.frames[0][:num_frames]]
         return GeneratedVideo(frames, seed, seconds, loaded.noise)
 
