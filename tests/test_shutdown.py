@@ -112,8 +112,9 @@ def test_sigint_answers_a_direct_caller_before_stopping(
         caller.start()
         wait_for(lambda: _running(client), what="the direct request to run")
         signal_server(server, signal.SIGINT)
-        caller.join(30)
+        # While the running request finishes, new direct runs are refused.
         late = wait_for(lambda: _refused_direct(client), what="direct runs refused")
+        caller.join(30)
     assert answers[0].status_code == 200, answers[0].text
     assert late.json()["error_type"] == "server_shutting_down"
     assert server.wait_exit(30) == 0
