@@ -34,7 +34,10 @@ OPEN_WEIGHTS = {
 # Apps that are not catalog pages, served beside them.
 OTHER_APPS = ["openfal.models.echo::Echo", "openfal.models.flux::Flux",
               "openfal.models.flux_kontext::FluxKontextLora",
-              "openfal.models.flux_krea::FluxKreaLora", "openfal.models.hidream::HidreamI1Full"]
+              "openfal.models.flux_krea::FluxKreaLora", "openfal.models.hidream::HidreamI1Full",
+              "openfal.models.wan_trainer::WanTrainerT2V",
+              "openfal.models.wan_trainer::WanTrainerT2V14B",
+              "openfal.models.wan_trainer::WanTrainerI2V720P"]
 OTHER_ENDPOINTS = {"openfal/echo", "fal-ai/flux/schnell", "fal-ai/flux/dev"}
 
 

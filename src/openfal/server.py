@@ -39,6 +39,9 @@ BUILTIN_APPS = [
     "openfal.models.wan::WanT2V",
     "openfal.models.wan::WanT2V14B",
     "openfal.models.wan::WanI2V",
+    "openfal.models.wan_trainer::WanTrainerT2V",
+    "openfal.models.wan_trainer::WanTrainerT2V14B",
+    "openfal.models.wan_trainer::WanTrainerI2V720P",
     *CATALOG_APP_REFS,  # the model pages' endpoints, routed to an upstream
 ]
 DAY = 24 * 3600.0

@@ -27,13 +27,17 @@ MAX_MULTIPLEXING = 64
 MAX_CONCURRENCY = 4
 KEEP_ALIVE = 300.0
 TRAINING_TIMEOUT = 6 * 3600.0
-# Served by local apps (openfal.models.flux_kontext, flux_krea, hidream), not forwarded.
+# Served by local apps (openfal.models.flux_kontext, flux_krea, hidream, wan_trainer), not
+# forwarded.
 LOCAL_IDS = frozenset({
     "fal-ai/flux-kontext-lora",
     "fal-ai/flux-kontext-lora/inpaint",
     "fal-ai/flux-kontext-lora/text-to-image",
     "fal-ai/flux-krea-lora/stream",
     "fal-ai/hidream-i1-full",
+    "fal-ai/wan-trainer/t2v",
+    "fal-ai/wan-trainer/t2v-14b",
+    "fal-ai/wan-trainer/i2v-720p",
 })
 
 

@@ -34,6 +34,9 @@ APP_WEIGHTS: dict[str, str] = {
     "openfal/wan/t2v": wan.T2V_1_3B,
     "openfal/wan/t2v-14b": wan.T2V_14B,
     "openfal/wan/i2v": wan.I2V_14B_720P,
+    "fal-ai/wan-trainer/t2v": wan.T2V_1_3B,
+    "fal-ai/wan-trainer/t2v-14b": wan.T2V_14B,
+    "fal-ai/wan-trainer/i2v-720p": wan.I2V_14B_720P,
 }
 # Built-in app endpoints that need a runtime module rather than weights.
 APP_RUNTIMES: dict[str, str] = {"openfal/tts": "espeakng_loader"}
