@@ -63,7 +63,7 @@ def _resolve(value: Any, name: str, loc: Loc, scratch: Path) -> Any:
     return value
 
 
-def _download(url: str, loc: Loc, scratch: Path) -> tuple[Path, str | None]:
+def download_input(url: str, loc: Loc, scratch: Path) -> tuple[Path, str | None]:
     config = media_config()
     dest = scratch / f"input-{len(list(scratch.iterdir()))}"
     try:
@@ -94,7 +94,7 @@ def _copy_stored(url: str, dest: Path) -> str | None:
 
 
 def _fetch_file(value: File, loc: Loc, scratch: Path) -> None:
-    path, content_type = _download(value.url, loc, scratch)
+    path, content_type = download_input(value.url, loc, scratch)
     value._path = path
     value.content_type = value.content_type or content_type
     value.file_size = path.stat().st_size
@@ -106,7 +106,7 @@ def _fetch_url(value: str, name: str, loc: Loc, scratch: Path) -> FileUrl:
     cls = type(value) if isinstance(value, FileUrl) else (
         ImageUrl if "image" in name else FileUrl)
     resolved = cls(value)
-    resolved._path, resolved.content_type = _download(value, loc, scratch)
+    resolved._path, resolved.content_type = download_input(value, loc, scratch)
     if isinstance(resolved, ImageUrl):
         _image_size(resolved._path, loc)
     return resolved

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from openfal.app.errors import FieldException
-from openfal.app.inputs import _download as download_input
+from openfal.app.inputs import download_input
 from openfal.models.weights import models_dir
 
 LORA_CACHE_ENV = "OPENFAL_LORA_CACHE_MB"
