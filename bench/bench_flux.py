@@ -51,11 +51,12 @@ def direct_generator(model_dir: Path, size: int, steps: int) -> Callable[[int], 
     return generate
 
 
-def queued_once(client: httpx.Client, body: dict) -> tuple[float, float]:
-    """Submit, follow the status stream until COMPLETED, fetch the result: the wall time,
-    and the pipeline time the app measured inside the runner."""
+def queued_once(client: httpx.Client, body: dict, endpoint: str = ENDPOINT
+                ) -> tuple[float, float]:
+    """Submit to ``endpoint``, follow the status stream until COMPLETED, fetch the result:
+    the wall time, and the pipeline time the app measured inside the runner."""
     started = time.perf_counter()
-    handle = client.post(f"/queue/{ENDPOINT}", json=body).json()
+    handle = client.post(f"/queue/{endpoint}", json=body).json()
     with client.stream("GET", handle["status_url"] + "/stream") as stream:
         for line in stream.iter_lines():
             if line.startswith("data: ") and json.loads(line[6:])["status"] == "COMPLETED":

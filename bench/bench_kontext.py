@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import json
 import resource
 import statistics
 import tempfile
@@ -26,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from bench_flux import WARMUP, summary
+from bench_flux import WARMUP, queued_once, summary
 from PIL import Image
 
 from openfal.models.tiny import make_tiny
@@ -70,22 +69,6 @@ def direct_editor(model_dir: Path, image: Image.Image, steps: int) -> Callable[[
     return edit
 
 
-def queued_once(client: httpx.Client, endpoint: str, body: dict) -> tuple[float, float]:
-    """Submit, follow the status stream until COMPLETED, fetch the result: the wall time,
-    and the pipeline time the app measured inside the runner."""
-    started = time.perf_counter()
-    handle = client.post(f"/queue/{endpoint}", json=body).json()
-    with client.stream("GET", handle["status_url"] + "/stream") as stream:
-        for line in stream.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:])["status"] == "COMPLETED":
-                break
-    result = client.get(handle["response_url"])
-    elapsed = time.perf_counter() - started
-    if result.status_code != 200:
-        raise RuntimeError(f"request failed: {result.text}")
-    return elapsed, result.json()["timings"]["inference"]
-
-
 def runner_peak_memory(client: httpx.Client, app_id: str) -> int:
     """The peak resident memory (VmHWM, bytes) of the one runner of ``app_id``."""
     [runner] = [r for r in client.get("/api/runners").json()["runners"]
@@ -100,12 +83,13 @@ def serve_all_three(client: httpx.Client, image_uri: str, size: int, steps: int)
     """One request to each Kontext endpoint (the edit has run already)."""
     mask = Image.new("L", (size, size), 0)
     mask.paste(255, (0, 0, size // 2, size))
-    queued_once(client, f"{EDIT}/inpaint", {
+    queued_once(client, {
         "image_url": image_uri, "mask_url": data_uri(mask.convert("RGB")),
-        "reference_image_url": image_uri, "prompt": PROMPT, "num_inference_steps": steps})
-    queued_once(client, f"{EDIT}/text-to-image", {
+        "reference_image_url": image_uri, "prompt": PROMPT, "num_inference_steps": steps},
+        f"{EDIT}/inpaint")
+    queued_once(client, {
         "prompt": PROMPT, "image_size": {"width": size, "height": size},
-        "num_inference_steps": steps})
+        "num_inference_steps": steps}, f"{EDIT}/text-to-image")
 
 
 def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
@@ -126,10 +110,10 @@ def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
           httpx.Client(base_url=server.url, timeout=300) as client):
         for seed in range(WARMUP):
             direct(seed)
-            queued_once(client, EDIT, body(seed))
+            queued_once(client, body(seed), EDIT)
         for seed in seeds:
             direct_times.append(direct(seed))
-            wall, inference = queued_once(client, EDIT, body(seed))
+            wall, inference = queued_once(client, body(seed), EDIT)
             queued_times.append(wall)
             in_runner.append(inference)
         serve_all_three(client, image_uri, size, steps)

@@ -27,7 +27,6 @@ from bench_gateway import (
     Operation,
     Point,
     Section,
-    admin_key,
     environment,
     render_markdown,
     render_text,
@@ -84,7 +83,7 @@ OPERATIONS = {"direct run": direct, "queued round trip": queued}
 def start_upstream(data_dir: Path) -> ServerProcess:
     server = ServerProcess(data_dir, [*UNLIMITED, "--app", f"{APPS}::KlingVideo"],
                            name="upstream").start()
-    server.headers = {"authorization": f"Key {admin_key(data_dir)}"}
+    server.headers = {"authorization": f"Key {server.admin_key}"}
     return server
 
 
@@ -93,10 +92,10 @@ def start_front(data_dir: Path, upstream: ServerProcess) -> ServerProcess:
     config.write_text(f'[[upstream]]\nname = "upstream"\nurl = "{upstream.url}"\n'
                       f'key_env = "{KEY_ENV}"\nendpoints = ["fal-ai/kling-video/*"]\n')
     # The front's runners read the upstream's key from the environment they inherit.
-    os.environ[KEY_ENV] = admin_key(upstream.data_dir)
+    os.environ[KEY_ENV] = upstream.admin_key
     server = ServerProcess(data_dir, [*UNLIMITED, "--config", str(config),
                                       "--app", f"{APPS}::RoutedKling"], name="front").start()
-    server.headers = {"authorization": f"Key {admin_key(data_dir)}"}
+    server.headers = {"authorization": f"Key {server.admin_key}"}
     return server
 
 

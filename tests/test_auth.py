@@ -196,6 +196,7 @@ def test_direct_runs_over_the_limit_get_429(secured: ServerProcess,
         assert direct.status_code == 429
         assert direct.headers["retry-after"] == "1"
         assert direct.json()["error_type"] == "concurrency_limit"
+        assert "already has 2 requests running" in direct.json()["detail"]
         for handle in long:
             client.put(handle["cancel_url"], headers=limited)
 
@@ -264,6 +265,7 @@ def test_realtime_messages_count_against_the_key_limit(secured: ServerProcess,
         for handle in long:
             client.put(handle["cancel_url"], headers=limited)
     assert isinstance(frame, str) and "CONCURRENCY_LIMIT" in frame
+    assert "already has 2 requests running" in frame
 
 
 def mint_token(server: ServerProcess, key: str) -> str:

@@ -83,6 +83,7 @@ def test_direct_calls_waiting_per_key_are_bounded(
     assert response.status_code == 429
     assert response.headers["retry-after"] == "1"
     assert response.json()["error_type"] == "concurrency_limit"
+    assert "2 direct requests waiting" in response.json()["detail"]
     for caller in busy:
         caller.join()
 

@@ -96,6 +96,34 @@ def digests(client: httpx.Client, result: dict[str, Any]) -> list[str]:
     return [fetch(client, image["url"])[1] for image in result["images"]]
 
 
+def progress_steps(client: httpx.Client, handle: dict[str, Any]) -> list[tuple[int, int]]:
+    """The (step, total) of each progress update on the request's status stream, to the end."""
+    steps = []
+    with client.stream("GET", handle["status_url"] + "/stream") as response:
+        for line in response.iter_lines():
+            if line.startswith("data: ") and (status := json.loads(line[6:])).get("progress"):
+                steps.append((status["progress"]["step"], status["progress"]["total"]))
+    return steps
+
+
+def cancel_at_step(client: httpx.Client, handle: dict[str, Any], step: int = 2) -> None:
+    """Cancel a running request once it has reported ``step``, and check that it stopped by
+    itself at a step: cancelled within 4 s (the grace period is 5), its runner not killed."""
+
+    def progressed() -> bool:
+        progress = client.get(handle["status_url"]).json().get("progress")
+        return bool(progress and progress["step"] >= step)
+
+    wait_for(progressed, timeout=60, what=f"step {step}")
+    runners = {r["pid"] for r in client.get("/api/runners").json()["runners"]}
+    cancelled_at = time.monotonic()
+    assert client.put(handle["cancel_url"]).status_code == 202
+    status = wait_done(client, handle, timeout=20)
+    assert status["error_type"] == "client_cancelled"
+    assert time.monotonic() - cancelled_at < 4
+    assert runners <= {r["pid"] for r in client.get("/api/runners").json()["runners"]}
+
+
 def edit_body(**fields: Any) -> dict[str, Any]:
     return {"image_url": png_data_uri(noise_image(200, 136)), "prompt": "make it snow",
             "num_inference_steps": 3, "seed": 5, "output_format": "png", **fields}
@@ -211,11 +239,7 @@ def test_progress_per_step_and_acceleration(client: httpx.Client) -> None:
     body = {"prompt": "progress", "image_size": {"width": 128, "height": 128},
             "num_inference_steps": 6, "seed": 4, "acceleration": "high"}
     handle = submit(client, TEXT_TO_IMAGE, body)
-    steps = []
-    with client.stream("GET", handle["status_url"] + "/stream") as response:
-        for line in response.iter_lines():
-            if line.startswith("data: ") and (status := json.loads(line[6:])).get("progress"):
-                steps.append((status["progress"]["step"], status["progress"]["total"]))
+    steps = progress_steps(client, handle)
     assert steps and steps[-1] == (6, 6) and steps == sorted(steps)
     accelerated = digests(client, client.get(handle["response_url"]).json())
     # First Block Cache is deterministic too.
@@ -226,21 +250,8 @@ def test_cancel_stops_between_steps(client: httpx.Client) -> None:
     # Four 1024x1024 images in 100 steps: far longer than the cancel grace period (5 s).
     body = {"prompt": "slow", "image_size": "square_hd", "num_inference_steps": 100,
             "num_images": 4}
-    handle = submit(client, TEXT_TO_IMAGE, body)
-
-    def progressed() -> bool:
-        progress = client.get(handle["status_url"]).json().get("progress")
-        return bool(progress and progress["step"] >= 2)
-
-    wait_for(progressed, timeout=60, what="two steps")
-    runners = {r["pid"] for r in client.get("/api/runners").json()["runners"]}
-    cancelled_at = time.monotonic()
-    assert client.put(handle["cancel_url"]).status_code == 202
-    status = wait_done(client, handle, timeout=20)
-    assert status["error_type"] == "client_cancelled"
-    assert time.monotonic() - cancelled_at < 4
-    # It stopped at a step by itself: its runner was not killed, and serves the next request.
-    assert runners <= {r["pid"] for r in client.get("/api/runners").json()["runners"]}
+    cancel_at_step(client, submit(client, TEXT_TO_IMAGE, body))
+    # Its runner serves the next request.
     run(client, TEXT_TO_IMAGE, {"prompt": "after", "num_inference_steps": 1,
                                 "image_size": {"width": 64, "height": 64}})
 

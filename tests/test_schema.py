@@ -6,6 +6,8 @@ from typing import Any
 
 import httpx
 
+import openfal
+
 
 def schema(client: httpx.Client, endpoint_id: str) -> dict[str, Any]:
     response = client.get("/api/openapi/queue/openapi.json", params={"endpoint_id": endpoint_id})
@@ -82,3 +84,20 @@ def test_apps_lists_endpoints_with_schema_urls(client: httpx.Client) -> None:
     url = by_id["openfal/work/edit"]["openapi_url"]
     assert client.get(url).json()["info"]["title"] == "openfal/work/edit"
     assert by_id["openfal/work"]["config"]["max_multiplexing"] == 4
+
+
+def test_a_named_base_names_its_variants_but_a_derived_name_is_the_class_own() -> None:
+    class Named(openfal.App):
+        app_name = "wan"
+
+    class Variant(Named):
+        pass
+
+    class Plain(openfal.App):
+        pass
+
+    class PlainChild(Plain):
+        pass
+
+    assert (Variant.app_name, Plain.app_name, PlainChild.app_name) == (
+        "wan", "plain", "plain-child")

@@ -117,6 +117,7 @@ def test_sigint_answers_a_direct_caller_before_stopping(
         caller.join(30)
     assert answers[0].status_code == 200, answers[0].text
     assert late.json()["error_type"] == "server_shutting_down"
+    assert late.headers["retry-after"] == "1"
     assert server.wait_exit(30) == 0
     assert "Traceback" not in log_text(server)
 

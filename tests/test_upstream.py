@@ -10,15 +10,18 @@ sees one request per routed request, also across restarts of either server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,10 @@ from apps.upstream_apps import (
     UPSTREAM_APPS,
     video_bytes,
 )
+from openfal.app.errors import ModelUnavailable
+from openfal.errors import ConfigError
+from openfal.runner.process import Runner
+from openfal.upstream.config import load_config
 from test_cli_config import assert_one_line_error, serve
 from test_js_client import JS_DIR, NODE
 from test_js_client import pytestmark as JS_CLIENT_INSTALLED
@@ -340,6 +347,24 @@ def test_local_app_without_its_model_falls_back_to_the_upstream(caller: httpx.Cl
     assert missing.json()["error_type"] == "model_unavailable"
 
 
+def test_a_runner_without_its_model_holds_no_old_requests() -> None:
+    """setup() found the model missing: each request re-raises that error, and it must not
+    keep the frames (and inputs) of the requests before."""
+    runner = object.__new__(Runner)
+    runner.unavailable = ModelUnavailable("The weights are not on this machine.")
+    ctx = types.SimpleNamespace(endpoint_id="fal-ai/not-routed", request_id="r")
+
+    def depth() -> int:
+        with pytest.raises(ModelUnavailable) as raised:
+            asyncio.run(runner.run_endpoint(ctx, None, []))  # type: ignore[arg-type]
+        tb, n = raised.value.__traceback__, 0
+        while tb is not None:
+            tb, n = tb.tb_next, n + 1
+        return n
+
+    assert depth() == depth() == depth()
+
+
 def test_upstream_queue_position_is_mirrored(caller: httpx.Client,
                                              upstream_admin: httpx.Client) -> None:
     """Behind a busy upstream, the front's logs say where the request waits there."""
@@ -352,6 +377,16 @@ def test_upstream_queue_position_is_mirrored(caller: httpx.Client,
     assert "error" not in done
     assert "upstream queue position 0" in messages(done)
     wait_done(upstream_admin, blocker)
+
+
+def test_models_say_where_routed_and_fallback_endpoints_run(caller: httpx.Client) -> None:
+    runs_on = {model["endpoint_id"]: model["runs_on"]
+               for model in caller.get("/v1/models", params={"limit": 100}).json()["models"]}
+    assert runs_on[KLING] == {"kind": "upstream", "upstream": UPSTREAM}
+    assert runs_on["fal-ai/luma-dream-machine"] == {"kind": "unavailable",
+                                                    "reason": "upstream_not_configured"}
+    assert runs_on[FAST_SDXL] == {"kind": "local", "fallback_upstream": UPSTREAM}
+    assert runs_on[f"{FAST_SDXL}/local-only"] == {"kind": "local", "fallback_upstream": None}
 
 
 # --- restarts and an upstream that goes away -----------------------------------------------
@@ -594,6 +629,37 @@ def run_client(command: list[str], **kwargs: Any) -> dict[str, Any]:
 
 
 # --- the config file -----------------------------------------------------------------------
+
+
+def test_config_entries(tmp_path: Path) -> None:
+    """A hosted url names fal's three hosts and its file hosts; one openfal url serves the
+    queue under /queue; ``owner/app/*`` takes the app's root and sub-paths, not a longer
+    app name; what an entry leaves out keeps its default."""
+    config = tmp_path / "openfal.toml"
+    config.write_text("[[upstream]]\nurl = 'https://queue.fal.run'\nendpoints = ['a/b/*']\n"
+                      "[[upstream]]\nname = 'other'\nurl = 'http://10.0.0.2:8000/'\n"
+                      "endpoints = ['c/d']\ntimeout = 5\nrehost = false\n")
+    hosted, other = load_config(config).entries
+    assert (hosted.name, hosted.run_url, hosted.queue_url, hosted.storage_url) == (
+        "upstream-1", "https://fal.run", "https://queue.fal.run", "https://rest.fal.ai")
+    assert hosted.holds_file("https://v3.fal.media/files/x.png")
+    assert hosted.holds_file("https://rest.fal.ai/x.png")
+    assert not hosted.holds_file("https://example.com/x.png")
+    assert not hosted.holds_file("http://rest.fal.ai/x.png")  # another origin
+    assert [hosted.serves(e) for e in ("a/b", "a/b/c/d", "a/bc", "a/bc/d")] == [
+        True, True, False, False]
+    assert (hosted.timeout, hosted.give_up_after, hosted.rehost) == (30.0, 60.0, True)
+    assert (other.run_url, other.queue_url, other.storage_url) == (
+        "http://10.0.0.2:8000", "http://10.0.0.2:8000/queue", "http://10.0.0.2:8000")
+    assert other.file_hosts == ()
+    assert (other.timeout, other.rehost) == (5.0, False)
+    assert [other.serves(e) for e in ("c/d", "c/d/e")] == [True, False]
+    for mistake, fragment in (("url = 5", "'url' must be a URL"),
+                              ("url = 'http://x'\ntimeout = 'soon'", "could not convert"),
+                              ("url = 'ftp://x'", "http(s) URL")):
+        config.write_text(f"[[upstream]]\nendpoints = ['a/*']\n{mistake}\n")
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            load_config(config)
 
 
 @pytest.mark.parametrize(("text", "fragments"), [

@@ -8,8 +8,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerProcess, wait_for
+from conftest import ServerProcess
 from test_run_and_queue import submit, wait_done
 
 pytest.importorskip("diffusers")
@@ -31,6 +29,7 @@ from openfal.cli.main import app as cli
 from openfal.models import wan
 from openfal.models.tiny import make_tiny
 from openfal.models.video import VideoSize, generation_frames
+from test_kontext import cancel_at_step, progress_steps, run, serve
 from test_lora import lora_bytes
 
 WAN_APPS = ["openfal.models.wan::WanT2V", "openfal.models.wan::WanT2V14B",
@@ -51,8 +50,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def wan_server(models_dir: Path) -> Iterator[ServerProcess]:
-    args = [arg for ref in WAN_APPS for arg in ("--app", ref)]
-    with ServerProcess(models_dir.parent, [*args, "--no-builtin", "--no-auth"]) as server:
+    with serve(models_dir.parent, WAN_APPS) as server:
         yield server
 
 
@@ -60,15 +58,6 @@ def wan_server(models_dir: Path) -> Iterator[ServerProcess]:
 def client(wan_server: ServerProcess) -> Iterator[httpx.Client]:
     with wan_server.client(timeout=120) as c:
         yield c
-
-
-def run(client: httpx.Client, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
-    handle = submit(client, endpoint, body)
-    status = wait_done(client, handle, timeout=120)
-    assert "error" not in status, status
-    response = client.get(handle["response_url"])
-    assert response.status_code == 200, response.text
-    return response.json()
 
 
 def mp4(client: httpx.Client, result: dict[str, Any]) -> bytes:
@@ -201,11 +190,7 @@ def test_out_of_range_inputs_are_422_on_the_field(client: httpx.Client, field: s
 
 def test_progress_per_step(client: httpx.Client) -> None:
     handle = submit(client, T2V, t2v_body(num_inference_steps=5))
-    steps = []
-    with client.stream("GET", handle["status_url"] + "/stream") as response:
-        for line in response.iter_lines():
-            if line.startswith("data: ") and (status := json.loads(line[6:])).get("progress"):
-                steps.append((status["progress"]["step"], status["progress"]["total"]))
+    steps = progress_steps(client, handle)
     assert steps and steps[-1] == (5, 5) and steps == sorted(steps)
     assert client.get(handle["response_url"]).status_code == 200
 
@@ -214,21 +199,7 @@ def test_cancel_stops_between_steps(client: httpx.Client) -> None:
     # 100 steps of 33 frames at 256x256: far longer than the cancel grace period (5 s).
     body = t2v_body(num_frames=33, resolution={"width": 256, "height": 256},
                     num_inference_steps=100)
-    handle = submit(client, T2V, body)
-
-    def progressed() -> bool:
-        progress = client.get(handle["status_url"]).json().get("progress")
-        return bool(progress and progress["step"] >= 2)
-
-    wait_for(progressed, timeout=60, what="two steps")
-    runners = {r["pid"] for r in client.get("/api/runners").json()["runners"]}
-    cancelled_at = time.monotonic()
-    assert client.put(handle["cancel_url"]).status_code == 202
-    status = wait_done(client, handle, timeout=20)
-    assert status["error_type"] == "client_cancelled"
-    assert time.monotonic() - cancelled_at < 4
-    # It stopped at a step by itself: its runner was not killed.
-    assert runners <= {r["pid"] for r in client.get("/api/runners").json()["runners"]}
+    cancel_at_step(client, submit(client, T2V, body))
 
 
 def test_missing_weights_are_a_503_naming_where_it_looked(

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import tarfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerProcess, wait_for
+from conftest import ServerProcess
 from test_run_and_queue import submit, wait_done
 
 pytest.importorskip("diffusers")
@@ -34,6 +33,7 @@ from openfal.catalog import ENDPOINTS
 from openfal.catalog.apps import LOCAL_IDS
 from openfal.models import wan, wan_trainer
 from openfal.models.tiny import make_tiny
+from test_kontext import cancel_at_step
 
 TRAINER_APPS = ["openfal.models.wan_trainer::WanTrainerT2V",
                 "openfal.models.wan_trainer::WanTrainerT2V14B",
@@ -248,20 +248,7 @@ def test_cancel_mid_training_ends_it_and_the_next_run_starts_clean(
         client: httpx.Client) -> None:
     body = {"training_data_url": data_uri(zipped(IMAGES)), **FAST}
     _, first = train(client, TRAIN_T2V, body)
-    handle = submit(client, TRAIN_T2V, {**body, "number_of_steps": 100_000})
-
-    def progressed() -> bool:
-        progress = client.get(handle["status_url"]).json().get("progress")
-        return bool(progress and progress["step"] >= 3)
-
-    wait_for(progressed, timeout=60, what="three training steps")
-    runners = {r["pid"] for r in client.get("/api/runners").json()["runners"]}
-    cancelled_at = time.monotonic()
-    assert client.put(handle["cancel_url"]).status_code == 202
-    status = wait_done(client, handle, timeout=20)
-    assert status["error_type"] == "client_cancelled"
-    assert time.monotonic() - cancelled_at < 4
-    assert runners <= {r["pid"] for r in client.get("/api/runners").json()["runners"]}
+    cancel_at_step(client, submit(client, TRAIN_T2V, {**body, "number_of_steps": 100_000}), 3)
     # The cancelled run's adapter is gone: the same training gives the same LoRA again.
     _, again = train(client, TRAIN_T2V, body)
     assert client.get(again["lora_file"]["url"]).content == \

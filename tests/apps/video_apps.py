@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import math
-import wave
 
 from pydantic import BaseModel, Field
 
@@ -48,18 +46,14 @@ class ToneOutput(BaseModel):
 
 def tone_wav(seconds: float, sample_rate: int) -> bytes:
     """A 440 Hz sine as a 16-bit mono WAV file."""
+    from openfal.models.speech import to_wav
+
     count = round(seconds * sample_rate)
     samples = b"".join(
         round(12000 * math.sin(2 * math.pi * 440 * i / sample_rate)).to_bytes(2, "little",
                                                                                signed=True)
         for i in range(count))
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(samples)
-    return buffer.getvalue()
+    return to_wav(samples, sample_rate)
 
 
 class Media(openfal.App):

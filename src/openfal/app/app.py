@@ -104,6 +104,7 @@ class App:
     """
 
     app_name: ClassVar[str] = ""
+    _app_name_explicit: ClassVar[bool] = False
     # Owner part of the endpoint id; empty means the server's default owner.
     app_owner: ClassVar[str] = ""
     machine_type: ClassVar[str | list[str]] = "S"
@@ -128,7 +129,11 @@ class App:
             if not hasattr(App, key) or key.startswith("_"):
                 raise TypeError(f"unknown App option {key!r}")
             setattr(cls, key, value)
-        if "app_name" not in cls.__dict__ and "app_name" not in config:
+        if "app_name" in cls.__dict__ or "app_name" in config:
+            cls._app_name_explicit = True
+        elif not cls._app_name_explicit:
+            # A name derived from the class name is the class's own; a name a parent set
+            # explicitly is inherited (a base class naming the app for its variants).
             cls.app_name = _kebab(cls.__name__)
         cls._endpoints = cls._collect_endpoints()
         cls._check_config()

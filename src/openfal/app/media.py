@@ -197,7 +197,7 @@ def encode_mp4(frames: Sequence[Any] | Any, fps: float) -> EncodedVideo:
     """``frames`` as an H.264 MP4 in memory (see :meth:`Video.from_frames`)."""
     import av
 
-    arrays = [_rgb24(frame) for frame in frames]
+    arrays = [rgb24(frame) for frame in frames]
     if not arrays:
         raise ValueError("a video needs at least one frame")
     if not (math.isfinite(fps) and fps > 0):
@@ -223,8 +223,8 @@ def encode_mp4(frames: Sequence[Any] | Any, fps: float) -> EncodedVideo:
     return EncodedVideo(data, stream.width, stream.height, float(rate), len(arrays))
 
 
-def _rgb24(frame: Any) -> Any:
-    """A frame as a contiguous ``H x W x 3`` uint8 array."""
+def rgb24(frame: Any) -> Any:
+    """A frame (see :meth:`Video.from_frames`) as a contiguous ``H x W x 3`` uint8 array."""
     import numpy as np
 
     if hasattr(frame, "convert"):  # a PIL image

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from openfal.app.app import App, endpoint
-from openfal.catalog import ENDPOINTS, CatalogEndpoint
+from openfal.catalog import ENDPOINTS, OPEN_WEIGHTS, CatalogEndpoint
 
 # The work happens upstream: a runner only waits on the network, but its HTTP client costs
 # a few ms of CPU per request (docs/benchmarks.md), so busy apps get more runners.
@@ -28,17 +28,8 @@ MAX_CONCURRENCY = 4
 KEEP_ALIVE = 300.0
 TRAINING_TIMEOUT = 6 * 3600.0
 # Served by local apps (openfal.models.flux_kontext, flux_krea, hidream, wan_trainer), not
-# forwarded.
-LOCAL_IDS = frozenset({
-    "fal-ai/flux-kontext-lora",
-    "fal-ai/flux-kontext-lora/inpaint",
-    "fal-ai/flux-kontext-lora/text-to-image",
-    "fal-ai/flux-krea-lora/stream",
-    "fal-ai/hidream-i1-full",
-    "fal-ai/wan-trainer/t2v",
-    "fal-ai/wan-trainer/t2v-14b",
-    "fal-ai/wan-trainer/i2v-720p",
-})
+# forwarded: the open-weight endpoints, but for those without a local app yet.
+LOCAL_IDS = OPEN_WEIGHTS - {"fal-ai/kandinsky5/text-to-video"}
 
 
 def _pascal(text: str) -> str:

@@ -62,8 +62,10 @@ class ShuttingDown(Exception):
     """The server is draining: it takes no new work (callers may retry elsewhere/later)."""
 
 
-class TooManyWaiting(Exception):
-    """The caller's key already has its bound of direct runs waiting for a runner."""
+class KeyAtLimit(Exception):
+    """A direct run's key is at a bound: its running requests (the key's concurrency
+    limit) or its direct runs waiting for a runner. Direct runs do not wait for a key's
+    slot; the message says which bound (the clients retry a 429)."""
 
 
 class Dispatcher:
@@ -160,24 +162,19 @@ class Dispatcher:
         future resolves to its outcome. Whoever stops waiting for it calls ``cancel``."""
         self._check_accepting()
         if job.key_id is not None:
+            limit = job.key_limit
+            if limit is not None and self.running_for(job.key_id) >= limit:
+                raise KeyAtLimit(f"This key already has {limit} requests running")
             bound = self.max_waiting_direct_per_key
             if bound is not None and self.waiting_direct_by_key[job.key_id] >= bound:
-                raise TooManyWaiting(bound)
+                raise KeyAtLimit(f"This key already has {bound} direct requests waiting "
+                                 "for a runner")
             self.waiting_direct_by_key[job.key_id] += 1
             job.counted_waiting = True
         self.jobs[job.id] = job
         self._arm_start_deadline(job)
         self.pools[job.app_ref].enqueue(job)
         return job.done
-
-    async def run_direct(self, job: Job) -> Outcome:
-        """``start_direct``, awaited: cancelling the caller cancels the request."""
-        done = self.start_direct(job)
-        try:
-            return await asyncio.shield(done)
-        except asyncio.CancelledError:
-            self.cancel(job.id)
-            raise
 
     def _check_accepting(self) -> None:
         if not self.accepting:
@@ -474,7 +471,7 @@ class Dispatcher:
             pool.paused = True
             # Queued requests stay where they are (and IN_QUEUE in the store).
             for job in pool.take_waiting(Priority.DIRECT):
-                self._finish(job, _shutting_down())
+                self._finish(job, shutting_down())
         deadline = time.monotonic() + grace_seconds
         while self.running_attempts() and (left := deadline - time.monotonic()) > 0:
             self._attempt_ended.clear()
@@ -505,7 +502,7 @@ class Dispatcher:
             self.store.hand_back(job.id, attempt.number, time.time(), job.options)
             job.notify()
         else:
-            self._finish(job, _shutting_down())
+            self._finish(job, shutting_down())
 
     # Housekeeping
     async def _purge_loop(self) -> None:
@@ -535,7 +532,8 @@ class Dispatcher:
                 for runner in pool.runners.values()]
 
 
-def _shutting_down() -> Outcome:
+def shutting_down() -> Outcome:
+    """The answer to work refused or ended because the server is stopping (retryable)."""
     return failure(503, "The server is shutting down; try again", "server_shutting_down",
                    {"retry-after": "1"})
 

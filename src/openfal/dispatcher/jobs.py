@@ -65,7 +65,7 @@ class Job:
     latest_partial: bytes | None = None
     partials: asyncio.Queue[bytes] | None = None
     cancel_requested: bool = False
-    # Counted among its key's direct runs waiting for a runner (Dispatcher.run_direct).
+    # Counted among its key's direct runs waiting for a runner (Dispatcher.start_direct).
     counted_waiting: bool = False
     finished: bool = False
     done: asyncio.Future[Outcome] = field(

@@ -13,6 +13,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 
+from openfal.dispatcher.dispatcher import ShuttingDown, shutting_down
 from openfal.gateway import (
     key_routes,
     models_api,
@@ -111,6 +112,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+async def _shutting_down(request: Request, exc: Exception) -> Response:
+    """Work refused while the server drains (submits, direct runs): a retryable 503."""
+    outcome = shutting_down()
+    return Response(outcome.body, outcome.status, outcome.headers,
+                    media_type="application/json")
+
+
 async def _starlette_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return json_response({"detail": exc.detail}, exc.status_code, exc.headers)
@@ -144,7 +152,8 @@ def create_app(platform: Platform,
         routes=ROUTES,
         middleware=[Middleware(HostRouting)],
         lifespan=lifespan,
-        exception_handlers={HTTPError: _http_error, HTTPException: _starlette_error,
+        exception_handlers={HTTPError: _http_error, ShuttingDown: _shutting_down,
+                            HTTPException: _starlette_error,
                             ClientDisconnect: _client_disconnected,
                             Exception: _unexpected_error},
     )

@@ -35,11 +35,6 @@ def json_response(content: Any, status: int = 200,
                     media_type="application/json")
 
 
-def shutting_down() -> HTTPError:
-    return HTTPError(503, "The server is shutting down; try again", "server_shutting_down",
-                     {"retry-after": "1"})
-
-
 def field_error(loc: list[str | int], msg: str, type_: str = "value_error") -> HTTPError:
     return HTTPError(422, [{"loc": loc, "msg": msg, "type": type_}])
 

@@ -16,7 +16,7 @@ from openfal.dispatcher.jobs import Priority
 from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.gateway.auth import principal, require_key_for_app
 from openfal.gateway.http import HTTPError, field_error, read_body
-from openfal.upstream.placement import CONFIG_HINT, is_routed_only
+from openfal.upstream.placement import NOT_CONFIGURED, is_routed_only, not_configured
 
 if TYPE_CHECKING:
     from openfal.server import Platform
@@ -42,12 +42,14 @@ def callable_endpoint(request: Request, endpoint_id: str) -> tuple[ServedApp, En
     return app, spec
 
 
-def ensure_runnable(platform: Platform, app: ServedApp, endpoint_id: str) -> None:
+def ensure_runnable(platform: Platform, app: ServedApp, spec: EndpointSpec) -> None:
     """A routed-only endpoint with no upstream configured is refused once its input has
     been validated, before any request exists."""
-    if is_routed_only(app.cls) and platform.settings.upstreams.for_endpoint(endpoint_id) is None:
-        raise HTTPError(503, f"{endpoint_id} runs at an upstream provider and none is "
-                        f"configured for it: {CONFIG_HINT}", "upstream_not_configured")
+    if not is_routed_only(app.cls):
+        return
+    endpoint_id = app.endpoint_id(spec.path)
+    if platform.settings.upstreams.for_endpoint(endpoint_id) is None:
+        raise HTTPError(503, not_configured(endpoint_id), NOT_CONFIGURED)
 
 
 def key_options(request: Request) -> tuple[str | None, dict[str, Any]]:

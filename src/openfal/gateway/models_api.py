@@ -131,7 +131,7 @@ def _model(request: Request, platform: Platform, app: ServedApp, path: str,
            spec: EndpointSpec) -> Model:
     endpoint_id = app.endpoint_id(path)
     return {"endpoint_id": endpoint_id, "metadata": _metadata(request, endpoint_id, app, spec),
-            "runs_on": where_it_runs(platform, endpoint_id)}
+            "runs_on": where_it_runs(platform, app.cls, endpoint_id)}
 
 
 def _openapi(request: Request, platform: Platform, endpoint_id: str) -> dict[str, Any]:

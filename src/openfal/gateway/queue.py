@@ -10,10 +10,10 @@ import pydantic_core
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from openfal.dispatcher.dispatcher import CancelResult, QueueFull, ShuttingDown
+from openfal.dispatcher.dispatcher import CancelResult, QueueFull
 from openfal.dispatcher.jobs import Job
 from openfal.gateway.auth import ensure_visible
-from openfal.gateway.http import HTTPError, json_response, shutting_down
+from openfal.gateway.http import HTTPError, json_response
 from openfal.gateway.intake import (
     callable_endpoint,
     ensure_runnable,
@@ -40,7 +40,7 @@ async def submit(request: Request) -> Response:
     limit = max_queue_length(request)
     webhook = await webhook_options(request)
     payload = await validated_payload(request, platform, spec)
-    ensure_runnable(platform, app, app.endpoint_id(spec.path))
+    ensure_runnable(platform, app, spec)
     job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
                                       Mode.QUEUE, priority,
                                       {**options, **key_limits, **webhook}, key_id)
@@ -49,8 +49,6 @@ async def submit(request: Request) -> Response:
     except QueueFull:
         raise HTTPError(429, f"The queue of {app.app_id} is longer than {limit}",
                         "queue_full") from None
-    except ShuttingDown:
-        raise shutting_down() from None
     body = {"status": Status.IN_QUEUE.value, "request_id": job.id,
             **queue_urls(request, job.app_id, job.id),
             "queue_position": platform.dispatcher.queue_position(job)}

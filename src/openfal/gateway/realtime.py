@@ -24,7 +24,7 @@ from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.auth import tokens
 from openfal.auth.keys import EVERYONE, AuthError, Principal
-from openfal.dispatcher.dispatcher import ShuttingDown, TooManyWaiting
+from openfal.dispatcher.dispatcher import KeyAtLimit, ShuttingDown
 from openfal.dispatcher.jobs import Job, Priority
 from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.gateway.auth import identify
@@ -150,10 +150,6 @@ async def _answer(websocket: WebSocket, platform: Platform, app: ServedApp, spec
         return
     key_id = caller.key_id if caller is not None else None
     limit = caller.max_concurrency if caller is not None else None
-    if limit is not None and platform.dispatcher.running_for(key_id) >= limit:
-        await _send_error(websocket, "CONCURRENCY_LIMIT",
-                          f"this key already has {limit} requests running")
-        return
     job = platform.dispatcher.new_job(
         app, spec.path, msgpack.packb(value, use_bin_type=True),
         forwarded_headers(websocket), Mode.DIRECT, Priority.DIRECT,
@@ -163,9 +159,8 @@ async def _answer(websocket: WebSocket, platform: Platform, app: ServedApp, spec
     job.partials = asyncio.Queue()
     try:
         running = platform.dispatcher.start_direct(job)
-    except TooManyWaiting as exc:
-        await _send_error(websocket, "CONCURRENCY_LIMIT",
-                          f"this key already has {exc.args[0]} requests waiting")
+    except KeyAtLimit as exc:
+        await _send_error(websocket, "CONCURRENCY_LIMIT", str(exc))
         return
     except ShuttingDown:
         await _send_error(websocket, "SERVER_SHUTTING_DOWN", "the server is shutting down")

@@ -17,9 +17,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive
 
-from openfal.dispatcher.dispatcher import ShuttingDown, TooManyWaiting
+from openfal.dispatcher.dispatcher import KeyAtLimit
 from openfal.dispatcher.jobs import Job, Priority
-from openfal.gateway.http import HTTPError, shutting_down
+from openfal.gateway.http import HTTPError
 from openfal.gateway.intake import (
     callable_endpoint,
     ensure_runnable,
@@ -34,30 +34,18 @@ from openfal.store.base import Mode, Outcome
 log = logging.getLogger(__name__)
 
 
-def _endpoint_id(request: Request, streaming: bool) -> str:
-    """The endpoint a run URL names. ``POST /x/stream`` streams endpoint ``x``, or, where
-    ``x`` is not an endpoint but ``x/stream`` is (an endpoint whose own path ends in
-    ``/stream``), streams that one."""
-    endpoint_id = request.path_params["endpoint_id"]
-    if streaming:
-        registry = request.app.state.platform.registry
-        if registry.resolve(endpoint_id) is None and registry.resolve(endpoint_id + "/stream"):
-            return endpoint_id + "/stream"
-    return endpoint_id
-
-
 async def _direct_job(request: Request, streaming: bool = False) -> tuple[Platform, Job]:
     platform: Platform = request.app.state.platform
-    app, spec = callable_endpoint(request, _endpoint_id(request, streaming))
+    endpoint_id = request.path_params["endpoint_id"]
+    if streaming and platform.registry.resolve(endpoint_id) is None:
+        # ``POST /x/stream`` streams endpoint ``x``, or, where ``x`` is not one, the
+        # endpoint whose own path ends in ``/stream``.
+        endpoint_id += "/stream"
+    app, spec = callable_endpoint(request, endpoint_id)
     _, options = job_options(request)
     key_id, key_limits = key_options(request)
-    limit = key_limits.get("key_limit")
-    if limit is not None and platform.dispatcher.running_for(key_id) >= limit:
-        # Direct runs do not wait for a key's slot; the clients retry a 429.
-        raise HTTPError(429, f"This key already has {limit} requests running",
-                        "concurrency_limit", {"retry-after": "1"})
     payload = await validated_payload(request, platform, spec)
-    ensure_runnable(platform, app, app.endpoint_id(spec.path))
+    ensure_runnable(platform, app, spec)
     job = platform.dispatcher.new_job(app, spec.path, payload, forwarded_headers(request),
                                       Mode.DIRECT, Priority.DIRECT, {**options, **key_limits},
                                       key_id)
@@ -70,14 +58,11 @@ def _outcome_response(job: Job, outcome: Outcome) -> Response:
 
 
 def _run_direct(platform: Platform, job: Job) -> asyncio.Future[Outcome]:
-    """Start the job; the dispatcher's refusals become HTTP errors."""
+    """Start the job; a key at its bound is a 429 (``ShuttingDown`` is the app's 503)."""
     try:
         return platform.dispatcher.start_direct(job)
-    except ShuttingDown:
-        raise shutting_down() from None
-    except TooManyWaiting as exc:
-        raise HTTPError(429, f"This key already has {exc.args[0]} direct requests waiting "
-                        "for a runner", "concurrency_limit", {"retry-after": "1"}) from None
+    except KeyAtLimit as exc:
+        raise HTTPError(429, str(exc), "concurrency_limit", {"retry-after": "1"}) from None
 
 
 async def _until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:

@@ -289,6 +289,23 @@ def fit(image: PILImage, size: tuple[int, int]) -> PILImage:
     return image if image.size == size else image.resize(size, PIL.Resampling.LANCZOS)
 
 
+def input_image(url: Any, field: str) -> PILImage:
+    """A fetched image input (the runner fetched it before the endpoint ran) as RGB, or a 422
+    on the field when it is not an image or is too large."""
+    from PIL import Image as PIL
+    from PIL import UnidentifiedImageError
+
+    try:
+        with PIL.open(url.path) as opened:
+            if max(opened.size) > MAX_SIDE:
+                raise FieldException(field, f"the image is larger than {MAX_SIDE} "
+                                     "pixels on a side")
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, PIL.DecompressionBombError, OSError) as exc:
+        raise FieldException(field, f"not an image that can be opened: {exc}",
+                             type="image_load_error") from None
+
+
 def check_range(field: str, value: float, low: float, high: float) -> None:
     """A 422 on ``field`` when ``value`` is outside [low, high] (or not a finite number)."""
     if not (math.isfinite(value) and low <= value <= high):

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 import openfal
 from openfal.catalog.schemas import flux_kontext_lora as pages
 from openfal.models.flux import (
-    MAX_SIDE,
     Accelerator,
     FluxBase,
     check_generation_input,
     check_range,
     fit,
     generation_size,
+    input_image,
     packed_preview,
     with_safety_report,
 )
@@ -120,23 +120,6 @@ class FluxKontextLora(FluxBase):
         ``_auto_resize`` off: the app has already chosen the size."""
         return {**super().flux_call(pipeline, input, width, height, num_images),
                 "max_area": width * height, "_auto_resize": False}
-
-
-def input_image(url: Any, field: str) -> PILImage:
-    """A fetched image input (the runner fetched it before the endpoint ran) as RGB, or a 422
-    on the field when it is not an image or is too large."""
-    from PIL import Image as PIL
-    from PIL import UnidentifiedImageError
-
-    try:
-        with PIL.open(url.path) as opened:
-            if max(opened.size) > MAX_SIDE:
-                raise openfal.FieldException(field, f"the image is larger than {MAX_SIDE} "
-                                             "pixels on a side")
-            return opened.convert("RGB")
-    except (UnidentifiedImageError, PIL.DecompressionBombError, OSError) as exc:
-        raise openfal.FieldException(field, f"not an image that can be opened: {exc}",
-                                     type="image_load_error") from None
 
 
 def match_input_size(size: tuple[int, int]) -> tuple[int, int]:

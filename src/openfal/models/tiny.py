@@ -17,6 +17,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -240,33 +241,19 @@ def is_tiny_random(path: Path) -> bool:
 # Pipelines
 
 
-def _flux_pipeline() -> Any:
-    from diffusers import FluxPipeline
+def _flux_pipeline(pipeline_class: str = "FluxPipeline",
+                   transformer_config: dict[str, Any] = FLUX_TRANSFORMER_CONFIG) -> Any:
+    import diffusers
 
     clip_tokenizer = _clip_tokenizer()
-    return FluxPipeline(
+    return getattr(diffusers, pipeline_class)(
         scheduler=_flow_match_scheduler(FLUX_SCHEDULER_CONFIG),
         vae=_autoencoder_kl(FLUX_VAE_CONFIG),
         text_encoder=_clip_text_encoder(clip_tokenizer),
         tokenizer=clip_tokenizer,
         text_encoder_2=_t5_encoder(),
         tokenizer_2=_t5_tokenizer(),
-        transformer=_flux_transformer(),
-    )
-
-
-def _flux_kontext_pipeline() -> Any:
-    from diffusers import FluxKontextPipeline
-
-    clip_tokenizer = _clip_tokenizer()
-    return FluxKontextPipeline(
-        scheduler=_flow_match_scheduler(FLUX_SCHEDULER_CONFIG),
-        vae=_autoencoder_kl(FLUX_VAE_CONFIG),
-        text_encoder=_clip_text_encoder(clip_tokenizer),
-        tokenizer=clip_tokenizer,
-        text_encoder_2=_t5_encoder(),
-        tokenizer_2=_t5_tokenizer(),
-        transformer=_flux_transformer(FLUX_KONTEXT_TRANSFORMER_CONFIG),
+        transformer=_flux_transformer(transformer_config),
     )
 
 
@@ -307,39 +294,30 @@ def _sd_pipeline() -> Any:
     )
 
 
-def _wan_pipeline() -> Any:
-    from diffusers import WanPipeline
+def _wan_pipeline(pipeline_class: str = "WanPipeline",
+                  transformer_config: dict[str, Any] = WAN_TRANSFORMER_CONFIG,
+                  **components: Any) -> Any:
+    import diffusers
 
-    return WanPipeline(
+    return getattr(diffusers, pipeline_class)(
         tokenizer=_t5_tokenizer(),
         text_encoder=_umt5_encoder(),
         vae=_wan_vae(),
         scheduler=_flow_match_scheduler(WAN_SCHEDULER_CONFIG),
-        transformer=_wan_transformer(),
-    )
-
-
-def _wan_i2v_pipeline() -> Any:
-    from diffusers import WanImageToVideoPipeline
-
-    return WanImageToVideoPipeline(
-        tokenizer=_t5_tokenizer(),
-        text_encoder=_umt5_encoder(),
-        vae=_wan_vae(),
-        scheduler=_flow_match_scheduler(WAN_SCHEDULER_CONFIG),
-        transformer=_wan_transformer(WAN_I2V_TRANSFORMER_CONFIG),
-        image_encoder=None,
-        image_processor=None,
+        transformer=_wan_transformer(transformer_config),
+        **components,
     )
 
 
 _BUILDERS: dict[str, Callable[[], Any]] = {
     "flux": _flux_pipeline,
-    "flux-kontext": _flux_kontext_pipeline,
+    "flux-kontext": partial(_flux_pipeline, "FluxKontextPipeline",
+                            FLUX_KONTEXT_TRANSFORMER_CONFIG),
     "hidream": _hidream_pipeline,
     "sd": _sd_pipeline,
     "wan": _wan_pipeline,
-    "wan-i2v": _wan_i2v_pipeline,
+    "wan-i2v": partial(_wan_pipeline, "WanImageToVideoPipeline", WAN_I2V_TRANSFORMER_CONFIG,
+                       image_encoder=None, image_processor=None),
 }
 
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, Field
 
 import openfal
+from openfal.app.media import rgb24
 from openfal.models.flux import DiffusersApp, LoadedPipeline, fit, seeded_call
 
 if TYPE_CHECKING:
@@ -102,8 +103,6 @@ class VideoDiffusionApp(DiffusersApp):
 
 def to_pil(frame: Any) -> PILImage:
     """An ``H x W x 3`` float frame in [0, 1] (diffusers' ``output_type="np"``) as RGB."""
-    import numpy as np
     from PIL import Image as PIL
 
-    pixels = (np.clip(np.asarray(frame, dtype=np.float32), 0, 1) * 255).round()
-    return PIL.fromarray(pixels.astype(np.uint8), "RGB")
+    return PIL.fromarray(rgb24(frame), "RGB")

@@ -23,8 +23,13 @@ from pydantic import BaseModel, Field
 
 import openfal
 from openfal.catalog.schemas.common import LoraWeight
-from openfal.models.flux import MAX_STEPS, fit, generation_size, max_sequence_length
-from openfal.models.flux_kontext import input_image
+from openfal.models.flux import (
+    MAX_STEPS,
+    fit,
+    generation_size,
+    input_image,
+    max_sequence_length,
+)
 from openfal.models.video import (
     AspectRatio,
     VideoDiffusionApp,
@@ -109,8 +114,10 @@ def load_wan(hub_id: str) -> Any:
 
 
 class WanBase(VideoDiffusionApp):
-    """Wan 2.1 generation; each subclass serves one checkpoint at one path (and names its
-    app ``wan``: an app name is not inherited)."""
+    """Wan 2.1 generation under the app ``openfal/wan``; each subclass serves one checkpoint
+    at one path."""
+
+    app_name = "wan"
 
     runtime_modules = (*VideoDiffusionApp.runtime_modules, "peft")
 
@@ -145,7 +152,6 @@ class WanBase(VideoDiffusionApp):
 class WanT2V(WanBase):
     """``openfal/wan/t2v``: Wan 2.1 T2V 1.3B."""
 
-    app_name = "wan"
     @openfal.endpoint("/t2v")
     def t2v(self, input: WanTextToVideoInput) -> VideoOutput:
         return self.text_to_video(T2V_1_3B, input)
@@ -154,7 +160,6 @@ class WanT2V(WanBase):
 class WanT2V14B(WanBase):
     """``openfal/wan/t2v-14b``: Wan 2.1 T2V 14B."""
 
-    app_name = "wan"
     @openfal.endpoint("/t2v-14b")
     def t2v_14b(self, input: WanTextToVideoInput) -> VideoOutput:
         return self.text_to_video(T2V_14B, input)
@@ -163,7 +168,6 @@ class WanT2V14B(WanBase):
 class WanI2V(WanBase):
     """``openfal/wan/i2v``: Wan 2.1 I2V 14B 720P; the input image is the first frame."""
 
-    app_name = "wan"
     # WanImageToVideoPipeline cleans prompts with ftfy and fails without it.
     runtime_modules = (*WanBase.runtime_modules, "ftfy")
 

@@ -60,8 +60,17 @@ from openfal.app.context import current_request
 from openfal.app.errors import FieldException
 from openfal.catalog.apps import TRAINING_TIMEOUT
 from openfal.catalog.schemas import wan_trainer as pages
-from openfal.models.flux import DiffusersApp, generation_size, max_sequence_length
-from openfal.models.wan import I2V_14B_720P, T2V_1_3B, T2V_14B, load_wan
+from openfal.models.flux import DiffusersApp, fit, generation_size, max_sequence_length
+from openfal.models.video import TEMPORAL_COMPRESSION
+from openfal.models.wan import (
+    I2V_14B_720P,
+    T2V_1_3B,
+    T2V_14B,
+    WAN_MAX_AREA,
+    WAN_NATIVE_FPS,
+    WAN_PRESETS,
+    load_wan,
+)
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
@@ -83,11 +92,9 @@ MAX_LEARNING_RATE = 1.0
 MAX_DECODED_FRAMES = 20_000
 CHUNK_BYTES = 1024 * 1024
 
-WAN_FPS = 16
 CLIP_FRAMES = 81
-TEMPORAL_COMPRESSION = 4
-AREA_480P = 832 * 480
-AREA_720P = 1280 * 720
+AREA_480P = math.prod(WAN_PRESETS["480p"]["16:9"])
+AREA_720P = WAN_MAX_AREA
 LORA_RANK = 32
 TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 ADAPTER_NAME = "openfal_training"
@@ -217,12 +224,6 @@ def _bad_data(message: str) -> FieldException:
 # Frames
 
 
-def training_size(size: tuple[int, int], max_area: int) -> tuple[int, int]:
-    """An example's training size: its aspect ratio, at most ``max_area``, sides multiples of
-    16 (never upscaled past rounding)."""
-    return generation_size(*size, max_area=max_area)
-
-
 def clip_frame_count(count: int) -> int:
     """The largest ``4k + 1`` at most ``count`` (and at most :data:`CLIP_FRAMES`)."""
     count = min(count, CLIP_FRAMES)
@@ -230,14 +231,12 @@ def clip_frame_count(count: int) -> int:
 
 
 def example_frames(example: Example, max_area: int, auto_scale: bool) -> list[PILImage]:
-    """The RGB frames an example is trained on, at its training size."""
-    from PIL import Image as PIL
-
+    """The RGB frames an example is trained on, at its training size: its aspect ratio, at
+    most ``max_area``, sides multiples of 16 (as generation sizes are)."""
     frames = (clip_frames(example, auto_scale) if example.is_video
               else [_open_image(example)])
-    size = training_size(frames[0].size, max_area)
-    return [frame if frame.size == size else frame.resize(size, PIL.Resampling.LANCZOS)
-            for frame in frames]
+    size = generation_size(*frames[0].size, max_area=max_area)
+    return [fit(frame, size) for frame in frames]
 
 
 def _open_image(example: Example) -> PILImage:
@@ -263,7 +262,7 @@ def clip_frames(example: Example, auto_scale: bool) -> list[PILImage]:
             if auto_scale and duration:
                 targets = [duration * k / CLIP_FRAMES for k in range(CLIP_FRAMES)]
             else:
-                targets = [k / WAN_FPS for k in range(CLIP_FRAMES)]
+                targets = [k / WAN_NATIVE_FPS for k in range(CLIP_FRAMES)]
             frames = _frames_at(container.decode(stream), targets)
     except (av.FFmpegError, IndexError, OSError, ValueError) as exc:
         raise _bad_data(f"{example.name[:200]} is not a clip that can be decoded: "
@@ -291,7 +290,7 @@ def _frames_at(decoded: Iterator[Any], targets: list[float]) -> list[PILImage]:
     for count, frame in enumerate(decoded):
         if count >= MAX_DECODED_FRAMES:
             break
-        time_s = float(frame.time) if frame.time is not None else count / WAN_FPS
+        time_s = float(frame.time) if frame.time is not None else count / WAN_NATIVE_FPS
         start = time_s if start is None else start
         while previous is not None and len(chosen) < len(targets) and \
                 targets[len(chosen)] < time_s - start:
@@ -524,9 +523,11 @@ def archive_path(value: Any) -> Path:
 
 
 class WanTrainerBase(DiffusersApp):
-    """LoRA training of one Wan 2.1 checkpoint (see the module docstring); each subclass
-    serves one checkpoint at one path and names its app ``fal-ai/wan-trainer`` (an app name
-    is not inherited)."""
+    """LoRA training of one Wan 2.1 checkpoint (see the module docstring) under the app
+    ``fal-ai/wan-trainer``; each subclass serves one checkpoint at one path."""
+
+    app_owner = "fal-ai"
+    app_name = "wan-trainer"
 
     request_timeout = TRAINING_TIMEOUT
     runtime_modules = ("torch", "diffusers", "transformers", "peft", "av")
@@ -600,8 +601,6 @@ class WanTrainerBase(DiffusersApp):
 class WanTrainerT2V(WanTrainerBase):
     """``fal-ai/wan-trainer/t2v``: LoRAs of Wan 2.1 T2V 1.3B, for ``openfal/wan/t2v``."""
 
-    app_owner = "fal-ai"
-    app_name = "wan-trainer"
     hub_id = T2V_1_3B
     inference_endpoint = "openfal/wan/t2v"
 
@@ -613,8 +612,6 @@ class WanTrainerT2V(WanTrainerBase):
 class WanTrainerT2V14B(WanTrainerBase):
     """``fal-ai/wan-trainer/t2v-14b``: LoRAs of Wan 2.1 T2V 14B, for ``openfal/wan/t2v-14b``."""
 
-    app_owner = "fal-ai"
-    app_name = "wan-trainer"
     hub_id = T2V_14B
     inference_endpoint = "openfal/wan/t2v-14b"
 
@@ -627,8 +624,6 @@ class WanTrainerI2V720P(WanTrainerBase):
     """``fal-ai/wan-trainer/i2v-720p``: LoRAs of Wan 2.1 I2V 14B 720P, for
     ``openfal/wan/i2v``; the first frame of each example conditions it."""
 
-    app_owner = "fal-ai"
-    app_name = "wan-trainer"
     # WanImageToVideoPipeline cleans prompts with ftfy and fails without it.
     runtime_modules = (*WanTrainerBase.runtime_modules, "ftfy")
     hub_id = I2V_14B_720P

@@ -284,7 +284,9 @@ class Runner:
         an upstream serves the endpoint, the upstream's."""
         try:
             if self.unavailable is not None:
-                raise self.unavailable
+                # Without its old traceback: raising one instance again and again would
+                # chain every request's frames (and inputs) onto it.
+                raise self.unavailable.with_traceback(None)
             return await self.call(getattr(self.app, spec.method_name), *args)
         except ModelUnavailable as exc:
             if not upstream_serves(ctx.endpoint_id):

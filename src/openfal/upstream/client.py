@@ -70,17 +70,6 @@ class UpstreamError(Exception):
         self.status = status
         self.body = body
 
-    @property
-    def detail(self) -> Any:
-        """The upstream's ``detail`` (a message or a pydantic-style list), else its body."""
-        if isinstance(self.body, dict) and "detail" in self.body:
-            return self.body["detail"]
-        return self.body
-
-    @property
-    def error_type(self) -> str | None:
-        return self.body.get("error_type") if isinstance(self.body, dict) else None
-
 
 class UpstreamUnavailable(UpstreamError):
     """No answer, a 5xx or a 429. ``maybe_received`` is True when the request was sent
@@ -161,7 +150,7 @@ class UpstreamClient:
         """One status object, with every log line so far."""
         response = await self._send("GET", self.request_url(endpoint_id, request_id) + "/status",
                                     params={"logs": "1"}, headers=self.auth_headers())
-        return _status_object(self.name, response)
+        return _parsed_status(self.name, response.text)
 
     async def status_events(self, endpoint_id: str, request_id: str
                             ) -> AsyncIterator[dict[str, Any]]:
@@ -186,7 +175,7 @@ class UpstreamClient:
                 if not response.headers.get("content-type", "").startswith(
                         "text/event-stream"):
                     await response.aread()
-                    yield _status_object(self.name, response)
+                    yield _parsed_status(self.name, response.text)
                     return
                 events = EventSource(response).aiter_sse()
                 async for event in events:
@@ -287,11 +276,6 @@ def _json(response: httpx.Response) -> Any:
         return None
 
 
-def _error_type(response: httpx.Response) -> str | None:
-    body = _json(response)
-    return body.get("error_type") if isinstance(body, dict) else None
-
-
 def _is_outcome(response: httpx.Response) -> bool:
     """Whether a result answer is the request's own outcome (a failure of the app
     included), not the queue saying it cannot give one: a refused key, a rate limit, an
@@ -300,18 +284,15 @@ def _is_outcome(response: httpx.Response) -> bool:
     status = response.status_code
     if response.is_success:
         return True
-    if status in (401, 403, 429) or _error_type(response) in ("request_not_found",
-                                                              "request_in_progress"):
+    body = _json(response)
+    body = body if isinstance(body, dict) else {}
+    if status in (401, 403, 429) or body.get("error_type") in ("request_not_found",
+                                                               "request_in_progress"):
         return False
     if status >= 500:
-        body = _json(response)
-        return "x-fal-error-type" in response.headers or (
-            isinstance(body, dict) and ("detail" in body or "error_type" in body))
+        return ("x-fal-error-type" in response.headers or "detail" in body
+                or "error_type" in body)
     return True
-
-
-def _status_object(upstream: str, response: httpx.Response) -> dict[str, Any]:
-    return _parsed_status(upstream, response.text)
 
 
 def _parsed_status(upstream: str, text: str) -> dict[str, Any]:

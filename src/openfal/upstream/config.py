@@ -37,6 +37,7 @@ HOSTED = {"run_url": "https://fal.run", "queue_url": "https://queue.fal.run",
           "storage_url": "https://rest.fal.ai"}
 _HOSTED_NAMES = ("fal.run", "queue.fal.run", "fal.ai", "rest.fal.ai")
 HOSTED_FILE_HOSTS = ("fal.media", "*.fal.media")
+_SECONDS = ("poll_interval", "timeout", "give_up_after")  # keys read as float seconds
 _KNOWN_KEYS = {"name", "url", "run_url", "queue_url", "storage_url", "key_env", "endpoints",
                "rehost", "file_hosts", "poll_interval", "timeout", "give_up_after"}
 
@@ -66,29 +67,23 @@ class UpstreamConfig:
     def key(self) -> str | None:
         return os.environ.get(self.key_env) if self.key_env else None
 
-    @property
-    def hosts(self) -> tuple[str, ...]:
-        """Host names of the upstream's own URLs and of its file hosts."""
-        own = {urlsplit(url).hostname or "" for url in
-               (self.run_url, self.queue_url, self.storage_url)}
-        return tuple(sorted(own | set(self.file_hosts)))
-
     def holds_file(self, url: str) -> bool:
         """Whether ``url`` is one of the upstream's files: on the origin of one of its own
         URLs, or on a host its ``file_hosts`` name."""
         try:
-            parts = urlsplit(url)
-            origin = (parts.scheme, parts.hostname, parts.port)
+            scheme, host, port = _origin(url)
         except ValueError:
             return False
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        if scheme not in ("http", "https") or not host:
             return False
-        if origin in {_origin(own) for own in (self.run_url, self.queue_url, self.storage_url)}:
+        if (scheme, host, port) in {_origin(own) for own in
+                                    (self.run_url, self.queue_url, self.storage_url)}:
             return True
-        return any(fnmatch.fnmatchcase(parts.hostname, pattern) for pattern in self.file_hosts)
+        return any(fnmatch.fnmatchcase(host, pattern) for pattern in self.file_hosts)
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
+    """Scheme, host and port; ValueError for a port urllib cannot read."""
     parts = urlsplit(url)
     return parts.scheme, parts.hostname, parts.port
 
@@ -163,18 +158,23 @@ def _entry(path: Path, index: int, entry: Any) -> UpstreamConfig:
     urls = _urls(where, entry)
     hosted = urls["queue_url"] == HOSTED["queue_url"]
     try:
+        # Keys the entry leaves out keep UpstreamConfig's defaults.
+        given: dict[str, Any] = {key: float(entry[key]) for key in _SECONDS if key in entry}
+        if "rehost" in entry:
+            given["rehost"] = bool(entry["rehost"])
         return UpstreamConfig(
             name=str(entry.get("name") or f"upstream-{index + 1}"), endpoints=tuple(endpoints),
-            key_env=entry.get("key_env"), rehost=bool(entry.get("rehost", True)),
+            key_env=entry.get("key_env"),
             file_hosts=tuple(entry.get("file_hosts", HOSTED_FILE_HOSTS if hosted else ())),
-            poll_interval=float(entry.get("poll_interval", 0.5)),
-            timeout=float(entry.get("timeout", 30.0)),
-            give_up_after=float(entry.get("give_up_after", 60.0)), **urls)
+            **given, **urls)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
 
 
 def _urls(where: str, entry: dict[str, Any]) -> dict[str, str]:
+    for name in ("url", *HOSTED):
+        if not isinstance(entry.get(name, ""), str):
+            raise ConfigError(f"{where}: '{name}' must be a URL in quotes")
     url = entry.get("url")
     if url is not None and (urlsplit(url).hostname or "") in _HOSTED_NAMES:
         base = dict(HOSTED)

@@ -15,22 +15,25 @@ from openfal.app.app import App
 if TYPE_CHECKING:
     from openfal.server import Platform
 
-CONFIG_HINT = ("add an [[upstream]] entry whose endpoints match it to a config file and "
-               "start the server with it: openfal serve --config openfal.toml")
+NOT_CONFIGURED = "upstream_not_configured"
+
+
+def not_configured(endpoint_id: str) -> str:
+    """Why a routed endpoint cannot run, and the config that would let it."""
+    return (f"{endpoint_id} runs at an upstream provider and none is configured for it: add "
+            "an [[upstream]] entry whose endpoints match it to a config file and start the "
+            "server with it: openfal serve --config openfal.toml")
 
 
 def is_routed_only(app: type[App]) -> bool:
     return bool(getattr(app, "routed_only", False))
 
 
-def where_it_runs(platform: Platform, endpoint_id: str) -> dict[str, Any]:
-    """``{"kind": "local" | "upstream" | "unavailable", ...}`` for a served endpoint."""
-    found = platform.registry.resolve(endpoint_id)
+def where_it_runs(platform: Platform, app: type[App], endpoint_id: str) -> dict[str, Any]:
+    """``{"kind": "local" | "upstream" | "unavailable", ...}`` for an endpoint of ``app``."""
     upstream = platform.settings.upstreams.for_endpoint(endpoint_id)
-    if found is None:
-        return {"kind": "unavailable", "reason": "not_served"}
-    if is_routed_only(found[0].cls):
+    if is_routed_only(app):
         if upstream is None:
-            return {"kind": "unavailable", "reason": "upstream_not_configured"}
+            return {"kind": "unavailable", "reason": NOT_CONFIGURED}
         return {"kind": "upstream", "upstream": upstream.name}
     return {"kind": "local", "fallback_upstream": upstream.name if upstream else None}

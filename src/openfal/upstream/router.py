@@ -56,7 +56,7 @@ from openfal.upstream.client import (
 )
 from openfal.upstream.config import UpstreamConfig, UpstreamSet
 from openfal.upstream.files import RehostFailed, rehost_outputs, share_inputs
-from openfal.upstream.placement import CONFIG_HINT
+from openfal.upstream.placement import NOT_CONFIGURED, not_configured
 
 SUBMIT_TRIES = 3
 SUBMIT_BACKOFF_SECONDS = 0.25  # doubles after each try
@@ -94,13 +94,11 @@ def _upstream_for(ctx: RequestContext, endpoint_id: str) -> UpstreamConfig:
         if named is None:
             raise AppException(f"this request was submitted to upstream {started_at}, which "
                                "the server's config no longer has", 502,
-                               "upstream_not_configured", NO_RETRY)
+                               NOT_CONFIGURED, NO_RETRY)
         return named
     upstream = upstreams.for_endpoint(endpoint_id)
     if upstream is None:
-        raise AppException(f"{endpoint_id} runs at an upstream provider and none is "
-                           f"configured for it: {CONFIG_HINT}", 503,
-                           "upstream_not_configured", NO_RETRY)
+        raise AppException(not_configured(endpoint_id), 503, NOT_CONFIGURED, NO_RETRY)
     return upstream
 
 
@@ -190,7 +188,7 @@ class RoutedRequest:
                                        "upstream_unavailable", RETRY) from None
                 await asyncio.sleep(SUBMIT_BACKOFF_SECONDS * 2 ** (attempt - 1))
             except UpstreamRefused as exc:
-                raise _failure(exc.status or 400, exc.body, exc.error_type) from None
+                raise _failure(exc.status or 400, exc.body) from None
         self.save()
         self.ctx.log(f"forwarded to upstream {self.name} as request {self.request_id}")
 
@@ -331,7 +329,7 @@ class RoutedRequest:
         return self.request_id
 
 
-def _failure(status: int, body: Any, error_type: str | None) -> AppException:
+def _failure(status: int, body: Any, error_type: str | None = None) -> AppException:
     """The upstream's failure as this request's: same status, same detail (a 422's list
     keeps every ``loc``), same error type; never retried here."""
     detail = body.get("detail") if isinstance(body, dict) else body
