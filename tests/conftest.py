@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from openfal.testing import ServerProcess
+from services import S3Service, start_seaweedfs
 
 APPS = Path(__file__).parent / "apps" / "testapps.py"
 ALL_TEST_APPS = [f"{APPS}::{name}" for name in (
@@ -108,3 +110,48 @@ def pytest_make_collect_report(collector: pytest.Collector):
         report.longrepr = _skipped_in_ci(report)
         report.outcome = "failed"
     return report
+
+
+# S3: one real server (SeaweedFS, tests/services.py) for the whole session; a bucket per test.
+@pytest.fixture(scope="session")
+def s3_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Service]:
+    service = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def s3_env(s3_service: S3Service, monkeypatch: pytest.MonkeyPatch) -> S3Service:
+    """The server, with the standard AWS variables pointing at it for this test."""
+    for name in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_service.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3_service
+
+
+@pytest.fixture
+def s3_bucket(s3_env: S3Service) -> str:
+    """A new, empty bucket on the server (with the AWS variables set)."""
+    return s3_env.bucket(f"test-{uuid.uuid4().hex[:16]}")
+
+
+# PostgreSQL: one real server (tests/services_pg.py) for the whole session; a database per test.
+import services_pg  # noqa: E402  (imported here, beside its fixtures)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[services_pg.PostgresServer]:
+    try:
+        server = services_pg.PostgresServer.start()
+    except services_pg.PostgresUnavailable as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: services_pg.PostgresServer) -> str:
+    """The URL of a new, empty database on the server."""
+    return postgres_server.create_database()
+

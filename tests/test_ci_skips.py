@@ -80,6 +80,8 @@ def test_expected_failure():
 @pytest.fixture
 def inner(pytester: pytest.Pytester) -> pytest.Pytester:
     pytester.makeconftest((HERE / "conftest.py").read_text())
+    for helper in HERE.glob("services*.py"):  # modules the conftest imports
+        pytester.makepyfile(**{helper.stem: helper.read_text()})
     markers = tomllib.loads(PYPROJECT.read_text())["tool"]["pytest"]["ini_options"]["markers"]
     pytester.makeini("[pytest]\nmarkers =\n" + "".join(f"    {m}\n" for m in markers))
     return pytester

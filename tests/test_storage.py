@@ -1,12 +1,16 @@
-"""File storage: the official clients' upload flows, serving, expiry, and the local store."""
+"""File storage: the official clients' upload flows, serving, expiry, and the stores themselves
+(local, and S3 on a real SeaweedFS server)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from http.client import HTTPConnection
 from pathlib import Path
@@ -15,11 +19,21 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from openfal.files import FileTooLarge, InvalidParts, LocalFileStorage, NotFound
-from openfal.files.local import new_id, valid_id
+from openfal.errors import ConfigError
+from openfal.files import (
+    FileStorage,
+    FileTooLarge,
+    InvalidParts,
+    LocalFileStorage,
+    NotFound,
+    open_file_storage,
+)
+from openfal.files.base import new_id, valid_id
+from openfal.files.s3 import S3FileStorage, parse_url
 from openfal.files.signing import Signer
 from openfal.gateway.http import HTTPError
 from openfal.gateway.storage_routes import spool
+from services import S3Service
 
 from conftest import ServerProcess, wait_for
 
@@ -268,9 +282,12 @@ def test_bad_or_missing_signature_is_403(http: httpx.Client) -> None:
 
 def test_bad_missing_or_expired_token_is_401(http: httpx.Client,
                                              files_server: ServerProcess) -> None:
-    key = files_server.data_dir / "storage.key"
-    assert key.stat().st_mode & 0o777 == 0o600
-    expired, _ = Signer.from_file(key).issue_token(time.time() - 7200, 3600)
+    database = files_server.data_dir / "openfal.db"
+    assert database.stat().st_mode & 0o777 == 0o600, "the store holds the signing secret"
+    with closing(sqlite3.connect(database)) as conn:
+        secret = conn.execute("SELECT value FROM secrets WHERE name='storage-signing'"
+                              ).fetchone()[0]
+    expired, _ = Signer(secret).issue_token(time.time() - 7200, 3600)
     for headers in ({}, {"authorization": "Bearer nope"},
                     {"authorization": f"Bearer {expired}"},
                     {"authorization": "Bearer " + bearer(http)["authorization"][7:] + "x"}):
@@ -384,9 +401,28 @@ def test_default_ttl_and_garbage_collection(start_server) -> None:
         assert client.get(kept).content == b"kept"
 
 
-# The local store itself
-def test_local_storage_validates_ids(tmp_path: Path) -> None:
-    storage = LocalFileStorage(tmp_path / "files")
+# The stores themselves, local and S3 (a real SeaweedFS server)
+@dataclass
+class Backend:
+    open: Callable[..., FileStorage]  # keyword arguments: abandon_after
+    holds: Callable[[str], bool]  # whether the file's bytes are still on the medium
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    if request.param == "local":
+        return Backend(open=lambda **kw: LocalFileStorage(tmp_path / "files", **kw),
+                       holds=lambda file_id: (tmp_path / "files" / file_id).exists())
+    bucket: str = request.getfixturevalue("s3_bucket")
+    service: S3Service = request.getfixturevalue("s3_service")
+    return Backend(
+        open=lambda **kw: S3FileStorage.from_url(f"s3://{bucket}/files",
+                                                 staging_dir=tmp_path / "staging", **kw),
+        holds=lambda file_id: f"files/{file_id}" in service.keys(bucket))
+
+
+def test_storage_validates_ids(backend: Backend, tmp_path: Path) -> None:
+    storage = backend.open()
     (tmp_path / "outside").write_text("outside")
     assert valid_id(new_id())
     bad_ids = ["..", "../outside", "/etc/passwd", str(tmp_path / "outside"), "a\0b", "",
@@ -409,9 +445,9 @@ def test_local_storage_validates_ids(tmp_path: Path) -> None:
         storage.complete_multipart(upload.upload_id, [(1, "../../outside")])
 
 
-def test_local_storage_round_trip(tmp_path: Path) -> None:
-    storage = LocalFileStorage(tmp_path / "files")
-    stored = storage.put(DATA, file_name="a.bin", content_type="application/octet-stream")
+def test_storage_round_trip(backend: Backend, tmp_path: Path) -> None:
+    storage = backend.open()
+    stored = storage.put(DATA, file_name="a b/ü.bin", content_type="application/octet-stream")
     assert storage.stat(stored.id) == stored
     assert (stored.size, stored.etag) == (len(DATA), md5(DATA))
     assert b"".join(storage.read(stored.id)) == DATA
@@ -424,29 +460,185 @@ def test_local_storage_round_trip(tmp_path: Path) -> None:
     assert not source.exists()
     assert b"".join(storage.read(moved.id)) == DATA
 
+    # S3 takes parts of 5 MiB at least, but the last.
+    first = os.urandom(5 * 1024 * 1024)
     upload = storage.create_multipart(file_name="m", content_type="text/plain")
     etags = {n: storage.put_part(upload.upload_id, n, chunk)
-             for n, chunk in ((2, b"world"), (1, b"hello "))}
+             for n, chunk in ((2, b"world"), (1, first))}
+    assert etags == {1: md5(first), 2: md5(b"world")}
     with pytest.raises(FileTooLarge):
         storage.complete_multipart(upload.upload_id, list(etags.items()), max_size=5)
     done = storage.complete_multipart(upload.upload_id, [(2, etags[2]), (1, etags[1])])
     assert done.id == upload.file_id
-    assert b"".join(storage.read(done.id)) == b"hello world"
+    assert (done.size, done.etag) == (len(first) + 5, md5(first + b"world"))
+    assert storage.stat(done.id) == done
+    assert b"".join(storage.read(done.id)) == first + b"world"
+    with pytest.raises(NotFound):  # an upload completes once
+        storage.complete_multipart(upload.upload_id, [(2, etags[2]), (1, etags[1])])
 
     assert storage.delete(stored.id) is True
     assert storage.stat(stored.id) is None
+    assert storage.delete(stored.id) is False
 
 
-def test_local_storage_collects_expired_and_abandoned(tmp_path: Path) -> None:
-    storage = LocalFileStorage(tmp_path / "files", abandon_after=60)
+def test_storage_collects_expired_and_abandoned(backend: Backend) -> None:
+    storage = backend.open(abandon_after=60)
     now = time.time()
     gone = storage.put(b"a", file_name="a", content_type="text/plain", expires_at=now + 5)
     kept = storage.put(b"b", file_name="b", content_type="text/plain", expires_at=None)
     abandoned = storage.create_multipart(file_name="c", content_type="text/plain")
+    stale = storage.staging_dir / "left-by-a-crash"
+    stale.write_bytes(b"x")
+    os.utime(stale, (now - 3600, now - 3600))
     assert storage.collect_expired(now) == 0
     assert storage.collect_expired(now + 10) == 1
     assert storage.stat(gone.id) is None and storage.stat(kept.id) == kept
-    assert not (tmp_path / "files" / gone.id).exists()
+    assert not backend.holds(gone.id) and backend.holds(kept.id)
+    assert not stale.exists()
     storage.collect_expired(now + 120)
     with pytest.raises(NotFound):
         storage.put_part(abandoned.upload_id, 1, b"late")
+
+
+def test_expired_is_gone_at_once(backend: Backend) -> None:
+    storage = backend.open()
+    stored = storage.put(b"old", file_name="a", content_type="text/plain",
+                         expires_at=time.time() - 1)
+    assert storage.stat(stored.id) is None
+    with pytest.raises(NotFound):
+        storage.read(stored.id)
+    with pytest.raises(NotFound):
+        storage.read(stored.id, 1, 2)
+    assert backend.holds(stored.id)  # until the next collection
+    assert storage.collect_expired(time.time()) == 1
+    assert not backend.holds(stored.id)
+
+
+# The S3 store
+def test_s3_urls(tmp_path: Path) -> None:
+    assert parse_url("s3://bucket") == ("bucket", "")
+    assert parse_url("s3://my.bucket-1/a/b/") == ("my.bucket-1", "a/b")
+    for bad in ("bucket", "s3:/bucket", "s3://", "s3:///prefix", "http://bucket/x",
+                "s3://Bucket", "s3://b", "s3://key:secret@bucket", "s3://bucket:9000",
+                "s3://bucket/a//b", "s3://bucket?x=1", "s3://bucket#x", "s3://bu_cket"):
+        with pytest.raises(ConfigError, match="not an S3 URL"):
+            parse_url(bad)
+        if bad.startswith("s3:"):
+            with pytest.raises(ConfigError, match="not an S3 URL"):
+                open_file_storage(bad, tmp_path)
+    local = open_file_storage(None, tmp_path)
+    assert isinstance(local, LocalFileStorage) and local.root == tmp_path / "files"
+    elsewhere = open_file_storage(str(tmp_path / "elsewhere"), tmp_path)
+    assert isinstance(elsewhere, LocalFileStorage) and elsewhere.root == tmp_path / "elsewhere"
+    for other in ("gs://bucket/x", "http://bucket/x", "file:/x"):
+        with pytest.raises(ConfigError, match="unsupported file storage"):
+            open_file_storage(other, tmp_path)
+
+
+def test_s3_chosen_by_url(s3_bucket: str, s3_env: S3Service, tmp_path: Path) -> None:
+    storage = open_file_storage(f"s3://{s3_bucket}/some/prefix", tmp_path)
+    assert isinstance(storage, S3FileStorage)
+    assert storage.staging_dir == tmp_path / "staging" and storage.staging_dir.is_dir()
+    stored = storage.put(b"x", file_name="x", content_type="text/plain", expires_at=None)
+    assert s3_env.keys(s3_bucket) == [f"some/prefix/{stored.id}"]
+
+
+def test_s3_missing_bucket_is_a_config_error(s3_env: S3Service, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        S3FileStorage.from_url("s3://no-such-bucket/files", staging_dir=tmp_path)
+    message = str(caught.value)
+    assert "no-such-bucket" in message and "does not exist" in message
+    assert s3_env.endpoint_url in message and "\n" not in message
+    assert "no-such-bucket" not in [b["Name"] for b in s3_env.client().list_buckets()["Buckets"]]
+
+
+def test_s3_expiry_lists_markers_in_order(s3_bucket: str, s3_env: S3Service,
+                                          tmp_path: Path) -> None:
+    storage = S3FileStorage.from_url(f"s3://{s3_bucket}", staging_dir=tmp_path)
+    now = time.time()
+    files = {offset: storage.put(b"x", file_name="x", content_type="text/plain",
+                                 expires_at=now + offset) for offset in (30, -20, 10, -10)}
+    forever = storage.put(b"y", file_name="y", content_type="text/plain", expires_at=None)
+    markers = s3_env.keys(s3_bucket, ".expiry/")
+    assert [key.rsplit(".", 1)[1] for key in markers] == [
+        files[offset].id for offset in (-20, -10, 10, 30)]
+    assert storage.collect_expired(now) == 2
+    assert storage.collect_expired(now) == 0
+    assert storage.collect_expired(now + 15) == 1
+    assert sorted(s3_env.keys(s3_bucket)) == sorted([files[30].id, forever.id, markers[3]])
+    assert storage.delete(files[30].id) is True  # and its marker with it
+    assert s3_env.keys(s3_bucket) == [forever.id]
+    assert storage.collect_expired(now + 10**9) == 0
+    assert storage.stat(forever.id) == forever
+
+
+def test_s3_multipart_is_s3_multipart(s3_bucket: str, s3_env: S3Service,
+                                      tmp_path: Path) -> None:
+    storage = S3FileStorage.from_url(f"s3://{s3_bucket}/p", staging_dir=tmp_path)
+    client = s3_env.client()
+    chunks = [os.urandom(5 * 1024 * 1024), os.urandom(5 * 1024 * 1024), b"tail"]
+    upload = storage.create_multipart(file_name="clip.mp4", content_type="video/mp4",
+                                      expires_at=time.time() + 3600)
+    listed = client.list_multipart_uploads(Bucket=s3_bucket)["Uploads"]
+    assert [item["Key"] for item in listed] == [f"p/.multipart/{upload.upload_id}"]
+    etags = []
+    for number in (3, 1, 2):
+        part = tmp_path / f"part{number}"
+        part.write_bytes(chunks[number - 1])
+        etag = storage.put_part_path(upload.upload_id, number, part, move=True)
+        etags.append((number, f'"{etag}"'))  # quoted, as clients send them back
+        assert not part.exists()
+    parts = client.list_parts(Bucket=s3_bucket, Key=listed[0]["Key"],
+                              UploadId=listed[0]["UploadId"])["Parts"]
+    assert [(p["PartNumber"], p["Size"]) for p in parts] == [(1, 5 * 1024 * 1024),
+                                                             (2, 5 * 1024 * 1024), (3, 4)]
+    with pytest.raises(InvalidParts, match="part 4 was not uploaded"):
+        storage.complete_multipart(upload.upload_id, [*etags, (4, etags[0][1])])
+    with pytest.raises(InvalidParts, match=r"part 1: etag .* does not match"):
+        storage.complete_multipart(upload.upload_id, [(1, etags[0][1])])  # part 3's
+    done = storage.complete_multipart(upload.upload_id, etags)
+    whole = b"".join(chunks)
+    assert (done.size, done.etag, done.file_name) == (len(whole), md5(whole), "clip.mp4")
+    assert b"".join(storage.read(done.id)) == whole
+    assert client.list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+    assert s3_env.keys(s3_bucket, "p/.multipart/") == []
+    head = client.head_object(Bucket=s3_bucket, Key=f"p/{done.id}")
+    assert head["ContentType"] == "video/mp4" and head["ETag"].endswith('-3"')  # S3's own
+    with pytest.raises(NotFound):
+        storage.put_part(upload.upload_id, 4, b"late")
+
+    small = storage.create_multipart(file_name="s", content_type="text/plain")
+    small_etags = [(n, storage.put_part(small.upload_id, n, b"x" * n)) for n in (1, 2)]
+    with pytest.raises(InvalidParts, match="part 1 has 1 bytes: S3 takes at least"):
+        storage.complete_multipart(small.upload_id, small_etags)
+    alone = storage.complete_multipart(small.upload_id, small_etags[1:])
+    assert (b"".join(storage.read(alone.id)), alone.etag) == (b"xx", md5(b"xx"))
+
+
+def test_s3_range_reads(s3_bucket: str, tmp_path: Path) -> None:
+    storage = S3FileStorage.from_url(f"s3://{s3_bucket}", staging_dir=tmp_path)
+    stored = storage.put(DATA, file_name="d", content_type="application/octet-stream")
+    size = len(DATA)
+    for start, end in ((0, None), (0, 1), (1000, 2000), (size - 5, None), (10, size * 2),
+                       (size, None), (size + 10, size + 20), (7, 7), (9, 3)):
+        assert b"".join(storage.read(stored.id, start, end)) == DATA[start:end], (start, end)
+    empty = storage.put(b"", file_name="e", content_type="text/plain")
+    assert (empty.size, b"".join(storage.read(empty.id))) == (0, b"")
+    assert b"".join(storage.read(empty.id, 0, 10)) == b""
+    with pytest.raises(NotFound):
+        storage.read(new_id(), 5, 5)
+
+
+def test_s3_large_file_streams_both_ways(s3_bucket: str, tmp_path: Path) -> None:
+    """Past boto3's multipart threshold (8 MiB) the upload goes in parts; the md5 is still
+    the content's, and reads come back in chunks."""
+    storage = S3FileStorage.from_url(f"s3://{s3_bucket}", staging_dir=tmp_path / "staging")
+    source = tmp_path / "large.bin"
+    data = os.urandom(12 * 1024 * 1024 + 3)
+    source.write_bytes(data)
+    stored = storage.put_path(source, file_name="large.bin", content_type="x/y")
+    assert source.exists() and (stored.size, stored.etag) == (len(data), md5(data))
+    assert storage.stat(stored.id) == stored
+    chunks = list(storage.read(stored.id))
+    assert len(chunks) > 1 and max(map(len, chunks)) <= 1024 * 1024
+    assert b"".join(chunks) == data

@@ -18,17 +18,21 @@ from openfal.catalog.apps import CATALOG_APP_REFS
 from openfal.dispatcher.dispatcher import Dispatcher
 from openfal.errors import ConfigError
 from openfal.fetch import NetworkPolicy
+from openfal.files import open_file_storage
 from openfal.files.gc import collect_expired_forever
-from openfal.files.local import LocalFileStorage
 from openfal.files.signing import Signer
 from openfal.net.tls import trust_environment
 from openfal.runner.environment import runner_environment
+from openfal.store import open_store
+from openfal.store.base import Store
 from openfal.store.sqlite import SQLiteStore
 from openfal.upstream.config import UpstreamSet
 from openfal.webhooks.delivery import DeliveryPolicy, WebhookDelivery
 from openfal.webhooks.signing import KeyRing
+from openfal.worker.worker import DEFAULT_LEASE_SECONDS, Worker
 
-BUILTIN_APPS = [
+# The apps whose runners run models (or echo) here; a worker serves these by default.
+LOCAL_APPS = [
     "openfal.models.echo::Echo",
     "openfal.models.flux::Flux",
     "openfal.models.flux::OpenfalFlux",
@@ -42,6 +46,9 @@ BUILTIN_APPS = [
     "openfal.models.wan_trainer::WanTrainerT2V",
     "openfal.models.wan_trainer::WanTrainerT2V14B",
     "openfal.models.wan_trainer::WanTrainerI2V720P",
+]
+BUILTIN_APPS = [
+    *LOCAL_APPS,
     *CATALOG_APP_REFS,  # the model pages' endpoints, routed to an upstream
 ]
 DAY = 24 * 3600.0
@@ -88,6 +95,14 @@ class Settings:
     # A request's headers must arrive within this time and fit in this many bytes.
     header_timeout_seconds: float = 10.0
     max_header_bytes: int = 64 * 1024
+    # Where requests, keys and webhooks live: None for <data_dir>/openfal.db (SQLite), or
+    # postgresql://user:pass@host:port/db, shared by several gateways.
+    store_url: str | None = None
+    # Where uploads and outputs live: None for <data_dir>/files, or s3://bucket/prefix.
+    files_url: str | None = None
+    runners: bool = True  # False: this gateway runs no runners (workers serve its apps)
+    # A worker's claim on a request lapses this long after its last renewal.
+    lease_seconds: float = DEFAULT_LEASE_SECONDS
 
     @property
     def network_policy(self) -> NetworkPolicy:
@@ -102,12 +117,9 @@ class Settings:
         return self.data_dir / "webhook-keys"
 
     @property
-    def database_path(self) -> Path:
-        return self.data_dir / "openfal.db"
-
-    @property
-    def files_dir(self) -> Path:
-        return self.data_dir / "files"
+    def files(self) -> str:
+        """Where files live, as runners are told (a folder or an s3:// URL)."""
+        return self.files_url or str(self.data_dir / "files")
 
     @property
     def models_dir(self) -> Path:
@@ -133,15 +145,17 @@ class Platform:
     """Everything one gateway process runs: store, app registry, dispatcher."""
 
     def __init__(self, settings: Settings, listen_url: str | None = None,
-                 store: SQLiteStore | None = None):
+                 store: Store | None = None):
         self.settings = settings
         # First: a data dir another server holds is refused before anything is written.
-        self.store = store or SQLiteStore(settings.database_path, settings.durability)
-        self.store.lock()
+        self.store = store or open_store(settings.store_url, settings.data_dir,
+                                         settings.durability)
+        if isinstance(self.store, SQLiteStore):
+            self.store.lock()
         self.public_url = (settings.public_url or listen_url
                            or f"http://{settings.host}:{settings.port}").rstrip("/")
-        self.files = LocalFileStorage(settings.files_dir)
-        self.signer = Signer.from_file(settings.data_dir / "storage.key")
+        self.files = open_file_storage(settings.files_url, settings.data_dir)
+        self.signer = Signer(b"")  # its secret is the store's, read at start
         self._files_gc: asyncio.Task[None] | None = None
         self.registry = Registry(owner=settings.owner)
         for ref in (BUILTIN_APPS if settings.builtin_apps else []) + settings.apps:
@@ -150,16 +164,12 @@ class Platform:
         self.new_admin_key: str | None = None
         self.dispatcher = Dispatcher(
             self.store, self.registry, retention_seconds=settings.retention_seconds,
-            max_waiting_direct_per_key=settings.max_waiting_direct_per_key,
-            runner_env=runner_environment(
-                files_dir=settings.files_dir, public_url=self.public_url,
-                file_ttl_seconds=settings.default_file_ttl_seconds,
-                models_dir=settings.models_dir,
-                max_download_bytes=settings.max_download_bytes,
-                allow_networks=settings.allow_networks)
-            | settings.upstreams.to_environment()
-            # runners fetch this server's own https file URLs
-            | (trust_environment(settings.data_dir) if settings.tls else {}))
+            lease_seconds=settings.lease_seconds,
+            max_waiting_direct_per_key=settings.max_waiting_direct_per_key)
+        self.worker = Worker(
+            self.dispatcher, list(self.registry.apps.values()),
+            runner_env=self.runner_env(), lease_seconds=settings.lease_seconds,
+            kind="local") if settings.runners else None
         self.webhooks = WebhookDelivery(
             self.store, KeyRing.open(settings.webhook_keys_dir),
             DeliveryPolicy(max_attempts=settings.webhook_max_attempts,
@@ -169,14 +179,31 @@ class Platform:
         self.dispatcher.on_webhook_queued = self.webhooks.wake
         self.services: list[Service] = [self.webhooks]
 
+    def runner_env(self) -> dict[str, str]:
+        """What this gateway's runners are told (``openfal worker`` builds the same)."""
+        settings = self.settings
+        return (runner_environment(
+                    files=settings.files, public_url=self.public_url,
+                    file_ttl_seconds=settings.default_file_ttl_seconds,
+                    models_dir=settings.models_dir,
+                    max_download_bytes=settings.max_download_bytes,
+                    allow_networks=settings.allow_networks)
+                | settings.upstreams.to_environment()
+                # runners fetch this server's own https file URLs
+                | (trust_environment(settings.data_dir) if settings.tls else {}))
+
     async def start(self) -> None:
         await self.store.open()
+        self.signer = Signer(await self.store.put_secret_once(
+            "storage-signing", Signer.initial_secret(self.settings.data_dir / "storage.key")))
         await self.keyring.load()
         if self.settings.auth and not self.keyring.active():
             await self._create_first_admin_key()
         self._files_gc = asyncio.create_task(
             collect_expired_forever(self.files, self.settings.file_gc_interval))
         await self.dispatcher.start()
+        if self.worker is not None:
+            self.worker.start()
         for service in self.services:
             await service.start()
 
@@ -195,10 +222,12 @@ class Platform:
         """Stop taking work, let running requests finish within the grace period, and hand
         back the rest (SIGTERM, Ctrl-C)."""
         grace = self.settings.drain_seconds
-        running = len(self.dispatcher.running_attempts())
+        running = self.worker.running() if self.worker is not None else 0
         log.info("shutting down: accepting no new requests; waiting up to %gs for %d running "
                  "(a second signal stops at once)", grace, running)
-        handed_back = await self.dispatcher.drain(grace)
+        await self.dispatcher.stop_accepting()
+        handed_back = await self.worker.drain(grace) if self.worker is not None else 0
+        self.dispatcher.drain_over()
         if handed_back:
             log.warning("grace period over: handed back %d running requests (queued ones "
                         "resume after a restart)", handed_back)
@@ -208,6 +237,8 @@ class Platform:
     async def stop(self) -> None:
         for service in reversed(self.services):
             await service.stop()
+        if self.worker is not None:
+            await self.worker.stop()
         await self.dispatcher.stop()
         if self._files_gc is not None:
             self._files_gc.cancel()
@@ -247,8 +278,9 @@ def serve(settings: Settings, on_ready: Callable[[Platform, str], None] | None =
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
                         "%(message)s")
-    store = SQLiteStore(settings.database_path, settings.durability)
-    store.lock()
+    store = open_store(settings.store_url, settings.data_dir, settings.durability)
+    if isinstance(store, SQLiteStore):
+        store.lock()  # before anything else: a second server on one data dir stops here
     tls = ensure_tls(settings.data_dir, settings.tls_names) if settings.tls else None
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]

@@ -20,18 +20,21 @@ import httpx
 
 START_TIMEOUT = 60.0
 TAG_VARIABLE = "OPENFAL_TEST_TAG"
+LISTENING = " listening on "
 
 
 class ServerProcess:
     """``openfal serve`` in its own process group, on a free port, with its own data dir.
 
     ``command`` runs something else instead (a benchmark's baseline server): it must print
-    the same ``openfal listening on URL`` line when ready.
+    the same ``openfal listening on URL`` line when ready, or ``ready_text`` (a worker).
     """
 
     def __init__(self, data_dir: Path, args: list[str], port: int = 0,
-                 command: list[str] | None = None, name: str = "openfal"):
+                 command: list[str] | None = None, name: str = "openfal",
+                 ready_text: str = LISTENING):
         self.name = name
+        self.ready_text = ready_text
         self.data_dir = data_dir
         self.args = args
         self.port = port
@@ -59,7 +62,7 @@ class ServerProcess:
             start_new_session=True)
         ready = threading.Event()
         threading.Thread(target=self._collect, args=(self.proc, ready), daemon=True).start()
-        if not ready.wait(START_TIMEOUT) or not self.url:
+        if not ready.wait(START_TIMEOUT) or self.proc.poll() is not None:
             self.kill()
             raise RuntimeError(f"{self.name} did not start:\n" + "".join(self.output))
         return self
@@ -68,9 +71,10 @@ class ServerProcess:
         assert proc.stdout is not None
         for line in proc.stdout:
             self.output.append(line)
-            if " listening on " in line and not self.url:
+            if LISTENING in line and not self.url:
                 self.url = line.split()[-1]
                 self.port = int(self.url.rsplit(":", 1)[1])
+            if self.ready_text in line:
                 ready.set()
         ready.set()
 
@@ -131,3 +135,13 @@ class ServerProcess:
         for pid in self.tagged_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def worker_process(data_dir: Path, server_url: str, key: str, apps: list[str],
+                   *args: str) -> ServerProcess:
+    """``openfal worker`` for a server, in its own process group (start it with
+    ``start()``); ready once it has asked the gateway how to run and started claiming."""
+    command = [sys.executable, "-m", "openfal", "worker", "--server", server_url, "--key", key,
+               "--data-dir", str(data_dir), *[a for ref in apps for a in ("--app", ref)], *args]
+    return ServerProcess(data_dir, [], command=command, name="openfal worker",
+                         ready_text=" serving ")

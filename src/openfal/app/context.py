@@ -17,8 +17,9 @@ from typing import Any, Literal
 from openfal.app.encoding import Encoding, encode_output
 from openfal.app.errors import RequestCancelled
 from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
+from openfal.runner.protocol import Log, Partial, Progress, RequestMessage, SavedState
 
-Emit = Callable[[dict], None]
+Emit = Callable[[RequestMessage], None]
 
 
 @dataclass
@@ -54,18 +55,15 @@ class RequestContext:
             raise RequestCancelled(self.request_id)
 
     def log(self, message: str, level: str = "INFO", source: str = "USER") -> None:
-        self.emit({"t": "log", "id": self.request_id, "message": message, "level": level,
-                   "source": source})
+        self.emit(Log(self.request_id, message, level, source))
 
     def progress(self, step: int, total: int, message: str | None = None) -> None:
         self.raise_if_cancelled()
-        self.emit({"t": "progress", "id": self.request_id, "step": step, "total": total,
-                   "message": message})
+        self.emit(Progress(self.request_id, step, total, message))
 
     def partial(self, result: Any) -> None:
         self.raise_if_cancelled()
-        self.emit({"t": "partial", "id": self.request_id,
-                   "body": encode_output(result, self.encoding)})
+        self.emit(Partial(self.request_id, encode_output(result, self.encoding)))
 
     def save_state(self, state: dict[str, Any]) -> None:
         """Keep ``state`` (JSON-able) with the request in the platform's store. If this
@@ -74,7 +72,7 @@ class RequestContext:
         than started again. The store commits it within milliseconds; a crash in that window
         loses it."""
         self.saved_state = state
-        self.emit({"t": "state", "id": self.request_id, "state": state})
+        self.emit(SavedState(self.request_id, state))
 
     @property
     def lifecycle_seconds(self) -> float | Literal["default"] | None:

@@ -18,6 +18,7 @@ from openfal.cli.options import (
     DataDirOption,
     JsonOption,
     ServerOption,
+    StoreOption,
 )
 from openfal.cli.target import Target
 from openfal.errors import ConfigError
@@ -122,6 +123,18 @@ def serve(
         min=0.1, help="Seconds a request's headers may take to arrive.")] = 10,
     max_header_kb: Annotated[int, typer.Option(
         min=1, help="Largest request head (request line and headers), in KiB.")] = 64,
+    store: StoreOption = None,
+    files: Annotated[str | None, typer.Option(
+        envvar="OPENFAL_FILES", show_default=False,
+        help="Where uploads and outputs live: s3://bucket/prefix on an S3-compatible store "
+        "(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), shared "
+        "by every gateway and worker (default: DATA_DIR/files).")] = None,
+    no_runners: Annotated[bool, typer.Option(
+        "--no-runners", help="Run no runners here: `openfal worker` processes serve the "
+        "apps (a gateway of a many-host setup).")] = False,
+    lease_seconds: Annotated[float, typer.Option(
+        min=1, help="How long a request stays claimed by a worker that stops renewing its "
+        "lease (it died, froze or lost the network) before it is retried.")] = 30,
 ) -> None:
     """Start the platform: gateway, queue and runners, with state in DATA_DIR."""
     if not tls and (tls_names or proxy_port is not None):
@@ -154,12 +167,90 @@ def serve(
                         max_waiting_direct_per_key=max_waiting_direct or None,
                         max_connections=max_connections,
                         header_timeout_seconds=header_timeout,
-                        max_header_bytes=max_header_kb * 1024, upstreams=upstreams)
+                        max_header_bytes=max_header_kb * 1024, upstreams=upstreams,
+                        store_url=store, files_url=files, runners=not no_runners,
+                        lease_seconds=lease_seconds)
     try:
         serve_platform(settings, on_ready=lambda platform, url: _announce(settings, platform,
                                                                           url))
     except ConfigError as exc:
         _config_error(exc)
+
+
+@app.command()
+def worker(
+    server: Annotated[str, typer.Option(
+        envvar="OPENFAL_SERVER", help="URL of a gateway (or of a load balancer in front of "
+        "several).")],
+    key: Annotated[str, typer.Option(
+        envvar="OPENFAL_KEY", help="An ADMIN key of that gateway.")],
+    app_refs: Annotated[list[str] | None, typer.Option(
+        "--app", help="An app to serve, as path/to/file.py::ClassName or module::Class "
+        "(repeatable; default: the built-in model apps).")] = None,
+    data_dir: Annotated[Path, typer.Option(
+        envvar=DATA_DIR_VARIABLE, help="Where this worker keeps its state (models, caches)."
+        )] = DEFAULT_DATA_DIR,
+    models_dir: Annotated[Path | None, typer.Option(
+        help="Where model weights live (default: DATA_DIR/models).")] = None,
+    files: Annotated[str | None, typer.Option(
+        envvar="OPENFAL_FILES", show_default=False,
+        help="Where outputs go, if not where the gateway says (its s3:// bucket, or its "
+        "folder when the worker shares its disk).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="A TOML file with [[upstream]] entries, for routed apps.")] = None,
+    drain_seconds: Annotated[float, typer.Option(
+        min=0, help="On SIGTERM/SIGINT, how long running requests get to finish before the "
+        "rest is handed back to the queue.")] = 30,
+) -> None:
+    """Run runners on this host for a gateway: claim queued and direct work for the apps
+    served here, run it, report logs, progress and results."""
+    import asyncio
+    import logging
+
+    from openfal.server import LOCAL_APPS
+    from openfal.worker.service import WorkerSettings, run_worker
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    try:
+        settings = WorkerSettings(
+            server_url=server, key=key, apps=app_refs or LOCAL_APPS,
+            data_dir=data_dir.expanduser(),
+            models_dir=models_dir.expanduser() if models_dir else None, files=files,
+            drain_seconds=drain_seconds, upstreams=_upstreams(config))
+        asyncio.run(run_worker(settings))
+    except ConfigError as exc:
+        _config_error(exc)
+
+
+db_app = typer.Typer(help="The store's schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    store: StoreOption = None,
+    data_dir: Annotated[Path, typer.Option(
+        envvar=DATA_DIR_VARIABLE, help="The data dir of the SQLite store.")] = DEFAULT_DATA_DIR,
+) -> None:
+    """Bring the store's schema up to date (`serve` does it too when it starts)."""
+    import asyncio
+
+    from openfal.store import open_store
+
+    async def upgrade() -> int:
+        opened = open_store(store, data_dir.expanduser())
+        await opened.open()
+        try:
+            return await opened.schema_version()
+        finally:
+            await opened.close()
+
+    try:
+        version = asyncio.run(upgrade())
+    except ConfigError as exc:
+        _config_error(exc)
+    console.print(f"store schema at version {version}")
 
 
 def _upstreams(config: Path | None) -> UpstreamSet:

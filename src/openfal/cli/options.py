@@ -19,3 +19,7 @@ DataDirOption = Annotated[Path, typer.Option(
     help="The server's data dir: its server.json says where it listens, its admin.key is "
     "the key sent unless OPENFAL_KEY is set (FAL_KEY never is).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print compact JSON.")]
+StoreOption = Annotated[str | None, typer.Option(
+    "--store", envvar="OPENFAL_STORE", show_default=False,
+    help="Where requests, keys and webhooks live: postgresql://user:pass@host:port/db, "
+    "shared by several gateways (default: SQLite in DATA_DIR).")]

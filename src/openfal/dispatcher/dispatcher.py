@@ -1,10 +1,16 @@
-"""The dispatcher: every live request's path from waiting, to a runner, to an outcome.
+"""The dispatcher: a gateway's side of every request's path, over the store's queue.
 
-It owns the in-memory view of active requests (one :class:`Job` each) and keeps the store
-in step: a queued request is committed before its id is returned, every attempt is
-recorded, and an outcome is committed before anyone is told about it. On start it picks up
-what a previous process left unfinished: queued requests wait again, in-progress ones are
-retried (their runner died with that process).
+The store holds every request, waiting and running (a row each). The dispatcher puts new
+requests there, hands work to the workers that claim it (its own runners, in process, and
+``openfal worker`` processes through the gateway's worker API: the same calls), takes
+their reports and results, and decides each attempt's end: a retry or the outcome. Every
+decision about an attempt is fenced in the store by the attempt's id, so a worker that
+lost its lease cannot record anything; a lapsed lease (its worker died or froze) is found
+by the reaper of any gateway and ends as a lost attempt.
+
+A request this gateway accepted or streams has a :class:`Job` here, kept in step by what
+passes through this dispatcher and, for what happens on other gateways, by the store's
+events; callers waiting on this gateway (status streams, direct runs) wait on it.
 """
 
 from __future__ import annotations
@@ -17,21 +23,43 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 from openfal.app.registry import Registry, ServedApp
-from openfal.dispatcher.jobs import Attempt, Job, Priority
-from openfal.dispatcher.pool import AppPool
-from openfal.dispatcher.runners import RunnerHandle, SetupFailed
-from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status, Store
+from openfal.dispatcher.jobs import Job, Priority, may_retry
+from openfal.runner.protocol import Log, Partial, Progress, Result, SavedState
+from openfal.store.base import (
+    UNSTARTED,
+    Claim,
+    LeaseReport,
+    LogEntry,
+    Mode,
+    Outcome,
+    RequestRecord,
+    Status,
+    Store,
+)
+from openfal.store.events import (
+    CancelRequested,
+    Event,
+    PartialProduced,
+    Progressed,
+    RequestChanged,
+    WorkAdded,
+)
 from openfal.webhooks.targets import webhook_target
+from openfal.worker.link import Assignment, ClaimReply, Report
+from openfal.worker.worker import DEFAULT_LEASE_SECONDS
 
 log = logging.getLogger(__name__)
 
-# Just-finished queued requests kept in memory (see Dispatcher._remember).
+# Just-finished requests kept in memory (see Dispatcher._remember).
 RECENT_LIMIT = 4096
-RECENT_MAX_BYTES = 256 * 1024
+RECENT_MAX_BYTES = 256 * 1024  # one request's input and result
+RECENT_TOTAL_BYTES = 64 * 1024 * 1024
+ANY_ENDPOINT = "*"  # a WorkAdded for every endpoint: a key's slot was freed
 
 # Runner answers that mean "this runner is unwell, try another": the hosted platform's rule.
 _RETRY_STATUSES = {503, 504}
@@ -46,6 +74,17 @@ def failure(status: int, detail: str, error_type: str,
 
 def cancelled() -> Outcome:
     return failure(499, "Request cancelled", "client_cancelled")
+
+
+def shutting_down() -> Outcome:
+    """The answer to work refused or ended because the server is stopping (retryable)."""
+    return failure(503, "The server is shutting down; try again", "server_shutting_down",
+                   {"retry-after": "1"})
+
+
+def lost_runner() -> Outcome:
+    return failure(503, "The runner stopped while serving the request",
+                   "runner_disconnected")
 
 
 class CancelResult(enum.StrEnum):
@@ -68,380 +107,427 @@ class KeyAtLimit(Exception):
     slot; the message says which bound (the clients retry a 429)."""
 
 
+@dataclass(eq=False)
+class _ParkedClaim:
+    """A worker's claim waiting for work on this gateway: woken (``None``) when work may
+    have arrived, or handed claims directly (a direct run)."""
+
+    worker_id: str
+    endpoint_ids: frozenset[str]
+    limit: int
+    future: asyncio.Future[list[Claim] | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, *, retention_seconds: float,
-                 runner_env: dict[str, str] | None = None,
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS,
                  max_waiting_direct_per_key: int | None = None):
         self.store = store
-        self.max_waiting_direct_per_key = max_waiting_direct_per_key
-        self.runner_env = runner_env or {}
         self.registry = registry
         self.retention_seconds = retention_seconds
+        self.lease_seconds = lease_seconds
+        self.max_waiting_direct_per_key = max_waiting_direct_per_key
         self.jobs: dict[str, Job] = {}
-        self.pools: dict[str, AppPool] = {}
-        # Running attempts per API key, for per-key concurrency limits.
-        self.running_by_key: Counter[str] = Counter()
         # Direct runs waiting for a runner per API key (bounded: abandoned callers are
         # cancelled, but a flood of live ones must not starve everyone else).
         self.waiting_direct_by_key: Counter[str] = Counter()
         self.accepting = True
         self.drained = False  # set once a shutdown drain is over: status streams end
-        self._attempt_ended = asyncio.Event()
         self.recent: OrderedDict[str, tuple[RequestRecord, list[LogEntry]]] = OrderedDict()
+        self._recent_bytes = 0
+        self._parked: list[_ParkedClaim] = []
+        # Workers whose lease lapsed (dead, frozen or cut off): no new work for them until
+        # they renew again, or a frozen worker's waiting claim would take the retry too.
+        self._silent_workers: set[str] = set()
+        self._cancel_watchers: dict[str, list[asyncio.Future[str]]] = {}
         self._background: set[asyncio.Task] = set()
+        self._unlisten: Callable[[], None] = lambda: None
         # Called once a finished request's webhook is committed (the delivery worker's wake).
         self.on_webhook_queued: Callable[[], None] = lambda: None
 
     # Lifecycle
     async def start(self) -> None:
-        for app in self.registry.apps.values():
-            self.pools[app.ref] = AppPool(
-                app, runner_env=self.runner_env, may_start=self._key_has_room,
-                start_attempt=self._start_attempt,
-                on_message=self._on_message, on_exit=self._on_runner_exit,
-                on_setup_failure=self._on_setup_failure)
-        await self._recover()
-        for pool in self.pools.values():
-            pool.pump()
+        self._unlisten = self.store.notifier.listen(self._on_event)
+        if not self.store.shared:
+            # This process owns the store: the runners of the one before it are gone, so
+            # their leases have lapsed already (the reaper retries their requests now).
+            released = await self.store.release_leases("local:")
+            if released:
+                log.info("%d requests were running when the server stopped; retrying them",
+                         released)
+        self._spawn(self._reap_loop())
         self._spawn(self._purge_loop())
 
     async def stop(self) -> None:
+        self._unlisten()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        await asyncio.gather(*(pool.shutdown() for pool in self.pools.values()))
 
-    async def _recover(self) -> None:
-        now = time.time()
-        for record in await self.store.unfinished():
-            found = self.registry.resolve(record.endpoint_id)
-            job = Job.from_record(record, found[0].ref if found else "")
-            if found is None:
-                self._finish(job, failure(
-                    404, f"Endpoint {record.endpoint_id} is no longer served",
-                    "endpoint_not_found"))
-                continue
-            if record.status is Status.IN_PROGRESS:
-                # Its runner went down with the previous server process.
-                self.store.end_attempt(job.id, job.attempts, now, "lost", "runner_disconnected")
-                if not job.may_retry():
-                    self._finish(job, failure(
-                        503, "The runner stopped while serving the request",
-                        "runner_disconnected"))
-                    continue
-                self.store.requeue(job.id)
-            job.logs = await self.store.get_logs(job.id)  # status shows them as before
-            self.jobs[job.id] = job
-            self._arm_start_deadline(job)
-            if not job.finished:
-                self.pools[job.app_ref].queues[job.priority].append(job)
-        log.info("recovered %d unfinished requests", len(self.jobs))
-
-    # Entry points
+    # Entry points of the gateway
     def new_job(self, app: ServedApp, path: str, payload: bytes, headers: dict[str, str],
                 mode: Mode, priority: Priority, options: dict[str, Any],
                 key_id: str | None = None) -> Job:
-        return Job(id=str(uuid.uuid4()), app_id=app.app_id, app_ref=app.ref,
-                   endpoint_id=app.endpoint_id(path),
+        return Job(id=str(uuid.uuid4()), app_id=app.app_id, endpoint_id=app.endpoint_id(path),
                    path=path, mode=mode, payload=payload, headers=headers,
                    priority=priority, created_at=time.time(), options=options, key_id=key_id)
 
     async def submit(self, job: Job, max_queue_length: int | None = None) -> None:
         """Accept a queued request: returns once it is committed to the store."""
         self._check_accepting()
-        pool = self.pools[job.app_ref]
-        if max_queue_length is not None and pool.queued_requests() >= max_queue_length:
-            raise QueueFull(pool.queued_requests())
+        if max_queue_length is not None:
+            waiting = await self.store.waiting(self._app_endpoints(job.app_id))
+            if waiting >= max_queue_length:
+                raise QueueFull(waiting)
         await self.store.add_request(job.to_record())
         self.jobs[job.id] = job
-        self._arm_start_deadline(job)
-        pool.enqueue(job)
+        self._work_added(job.endpoint_id)
 
-    def start_direct(self, job: Job) -> asyncio.Future[Outcome]:
-        """Place a request to run now, without the queue's durability or retries; the
-        future resolves to its outcome. Whoever stops waiting for it calls ``cancel``."""
+    async def start_direct(self, job: Job) -> asyncio.Future[Outcome]:
+        """Run a request now, ahead of queued work and never retried; the future resolves
+        to its outcome. Whoever stops waiting for it calls ``cancel``."""
         self._check_accepting()
         if job.key_id is not None:
-            limit = job.key_limit
-            if limit is not None and self.running_for(job.key_id) >= limit:
-                raise KeyAtLimit(f"This key already has {limit} requests running")
-            bound = self.max_waiting_direct_per_key
-            if bound is not None and self.waiting_direct_by_key[job.key_id] >= bound:
-                raise KeyAtLimit(f"This key already has {bound} direct requests waiting "
-                                 "for a runner")
-            self.waiting_direct_by_key[job.key_id] += 1
-            job.counted_waiting = True
+            await self._check_direct_bounds(job)
         self.jobs[job.id] = job
-        self._arm_start_deadline(job)
-        self.pools[job.app_ref].enqueue(job)
+        claim = self._hand_to_parked(job)
+        if claim is None:
+            self._count_waiting(job)
+            await self.store.add_request(job.to_record())
+            self._work_added(job.endpoint_id)
+        else:
+            self.store.add_request(claim.request, claim)
         return job.done
 
-    def _check_accepting(self) -> None:
-        if not self.accepting:
-            raise ShuttingDown()
+    async def _check_direct_bounds(self, job: Job) -> None:
+        assert job.key_id is not None
+        limit = job.key_limit
+        if limit is not None and await self.store.running_for_key(job.key_id) >= limit:
+            raise KeyAtLimit(f"This key already has {limit} requests running")
+        bound = self.max_waiting_direct_per_key
+        if bound is not None and self.waiting_direct_by_key[job.key_id] >= bound:
+            raise KeyAtLimit(f"This key already has {bound} direct requests waiting "
+                             "for a runner")
+
+    def _count_waiting(self, job: Job) -> None:
+        if job.key_id is not None:
+            self.waiting_direct_by_key[job.key_id] += 1
+            job.counted_waiting = True
 
     def _stop_waiting(self, job: Job) -> None:
-        if job.counted_waiting:
+        if job.counted_waiting and job.key_id is not None:
             job.counted_waiting = False
             self.waiting_direct_by_key[job.key_id] -= 1
             if not self.waiting_direct_by_key[job.key_id]:
                 del self.waiting_direct_by_key[job.key_id]
 
-    def cancel(self, request_id: str) -> CancelResult:
+    def _check_accepting(self) -> None:
+        if not self.accepting:
+            raise ShuttingDown()
+
+    async def cancel(self, request_id: str) -> CancelResult:
         job = self.jobs.get(request_id)
-        if job is None:
+        record = job.to_record() if job is not None else await self.store.get_request(
+            request_id)
+        if record is None:
             return CancelResult.NOT_FOUND
-        if job.finished:
+        if record.status is Status.COMPLETED or (job is not None and job.finished):
             return CancelResult.ALREADY_COMPLETED
-        job.cancel_requested = True
-        if self.pools[job.app_ref].remove(job):
-            self._finish(job, cancelled())
-        elif job.attempt is not None:
-            attempt = job.attempt
-            attempt.runner.send({"t": "cancel", "id": job.id})
-            grace = self.pools[job.app_ref].config.cancel_grace_period
-            asyncio.get_running_loop().call_later(grace, self._hard_cancel, attempt)
+        if record.status is Status.IN_QUEUE and await self._complete(record, cancelled()):
+            return CancelResult.CANCELLATION_REQUESTED
+        # Running (or it started since it was read): its worker stops it.
+        if job is not None:
+            job.cancel_requested = True
+        await self.store.request_cancel(request_id)
+        self._wake_cancel_watchers(request_id)
+        self.store.notifier.publish(CancelRequested(request_id))
         return CancelResult.CANCELLATION_REQUESTED
 
-    def _hard_cancel(self, attempt: Attempt) -> None:
-        if attempt.job.attempt is attempt and attempt.job.id in attempt.runner.in_flight:
-            log.warning("request %s ignored its cancellation; stopping runner %s",
-                        attempt.job.id, attempt.runner.id)
-            attempt.failure = (499, "client_cancelled")
-            attempt.runner.kill()
+    def abandon(self, request_id: str) -> None:
+        """Its caller went away: cancel it in the background."""
+        self._spawn(self.cancel(request_id))
 
-    # Per-key concurrency: only running requests count; waiting ones wait.
-    def running_for(self, key_id: str | None) -> int:
-        return self.running_by_key[key_id] if key_id is not None else 0
+    async def watch(self, record: RequestRecord) -> Job:
+        """This gateway's view of a request it did not accept (or accepted before a
+        restart), kept in step until it ends: for status streams."""
+        job = self.jobs.get(record.id)
+        if job is None:
+            job = Job.from_record(record)
+            job.add_logs(await self.store.get_logs(record.id))
+            job.progress, job.latest_partial = await self.store.get_live(record.id)
+            self.jobs[record.id] = job
+            await self._refresh(job)  # it may have changed while being read
+        return job
 
-    def _key_has_room(self, job: Job) -> bool:
-        limit = job.key_limit
-        return limit is None or self.running_for(job.key_id) < limit
+    async def queue_position(self, job: Job) -> int | None:
+        return await self.store.queue_position(job.id)
 
-    def _key_slot_freed(self, job: Job) -> None:
-        if job.key_id is None:
-            return
-        was_full = job.key_limit is not None and self.running_for(job.key_id) >= job.key_limit
-        self.running_by_key[job.key_id] -= 1
-        if was_full:
-            # A request of this key may have been held back in any app's queue.
-            for pool in self.pools.values():
-                pool.pump()
+    # The work API: what workers call (this gateway's own runners directly, remote
+    # workers through gateway/worker_routes.py)
+    async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
+                    wait: float) -> ClaimReply:
+        claims = await self._claim_now(worker_id, endpoint_ids, limit)
+        waiting = await self._waiting_after(endpoint_ids, limit, claims)
+        if not claims and not waiting and wait > 0 and self.accepting:
+            parked = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
+            self._parked.append(parked)
+            try:
+                handed = await asyncio.wait_for(parked.future, wait)
+            except TimeoutError:
+                handed = None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._parked.remove(parked)
+            claims = handed if handed is not None else await self._claim_now(
+                worker_id, endpoint_ids, limit)
+            waiting = await self._waiting_after(endpoint_ids, limit, claims)
+        return ClaimReply([self._started(claim) for claim in claims], waiting)
 
-    # Attempts
-    def _start_attempt(self, job: Job, runner: RunnerHandle) -> None:
-        self._stop_waiting(job)
-        job.attempts += 1
-        if job.key_id is not None:
-            self.running_by_key[job.key_id] += 1
-        now = time.time()
-        if job.started_at is None:
-            job.started_at = now
-        attempt = Attempt(job=job, number=job.attempts, attempt_id=str(uuid.uuid4()),
-                          runner=runner, started_at=now)
-        job.attempt = attempt
-        job.status = Status.IN_PROGRESS
-        if job.deadline_timer is not None:
-            job.deadline_timer.cancel()
-        runner.in_flight[job.id] = attempt
-        runner.send({"t": "run", "id": job.id, "path": job.path, "endpoint_id": job.endpoint_id,
-                     "body": job.payload,
-                     "headers": job.headers, "stream": job.partials is not None,
-                     "encoding": job.encoding, "state": job.options.get("saved_state")})
-        timeout = self.pools[job.app_ref].config.request_timeout
-        attempt.timer = asyncio.get_running_loop().call_later(
-            timeout, self._attempt_timed_out, attempt)
-        if job.mode is Mode.QUEUE:
-            self.store.start_attempt(job.id, attempt.number, attempt.attempt_id, runner.id, now)
-        job.notify()
+    async def _waiting_after(self, endpoint_ids: list[str], limit: int,
+                             claims: list[Claim]) -> int:
+        """What still waits, when it matters to the worker's scaling: it asked for no work,
+        or took all it asked for (fewer: nothing more it could take waits)."""
+        if limit == 0 or (claims and len(claims) == limit):
+            return await self.store.waiting(endpoint_ids)
+        return 0
 
-    def _attempt_timed_out(self, attempt: Attempt) -> None:
-        if attempt.job.id in attempt.runner.in_flight:
-            log.warning("request %s exceeded its request_timeout; stopping runner %s",
-                        attempt.job.id, attempt.runner.id)
-            attempt.failure = (504, "request_timeout")
-            attempt.runner.kill()
+    async def _claim_now(self, worker_id: str, endpoint_ids: list[str],
+                         limit: int) -> list[Claim]:
+        if limit <= 0 or not self.accepting or worker_id in self._silent_workers:
+            return []
+        return await self.store.claim(endpoint_ids, worker_id, limit=limit,
+                                      lease_seconds=self.lease_seconds, now=time.time())
 
-    def _on_message(self, runner: RunnerHandle, message: dict[str, Any]) -> None:
-        kind = message["t"]
-        attempt = runner.in_flight.get(message.get("id", ""))
-        if attempt is None:
-            return
-        job = attempt.job
-        if kind == "result":
-            runner.in_flight.pop(job.id)
-            runner.hints = message.get("hints") or runner.hints
-            status, body = message["status"], message["body"]
-            headers = message.get("headers") or {}
-            retry = _needs_retry(status, headers)
-            outcome = Outcome(status=status, body=body, headers=headers,
-                              inference_time=time.time() - attempt.started_at)
-            if status == 503 and retry:
-                # The runner says it is unhealthy: replace it (before anything is placed
-                # on it again, the retry of this request included).
-                runner.kill()
-            self._end_attempt(attempt, outcome, retry)
-            pool = self.pools[job.app_ref]
-            pool.watch_idle(runner)
-            pool.pump()
-        elif kind == "log":
-            entry = LogEntry(message["message"], message.get("level", "INFO"),
-                             message.get("source", "USER"), time.time())
-            job.logs.append(entry)
-            self.store.add_logs(job.id, [entry])
+    def _hand_to_parked(self, job: Job) -> Claim | None:
+        """Give a direct run straight to a worker waiting on this gateway for work of its
+        endpoint, if there is one: a claim made here, recorded as the request is stored."""
+        for parked in self._parked:
+            if (parked.limit > 0 and job.endpoint_id in parked.endpoint_ids
+                    and not parked.future.done()
+                    and parked.worker_id not in self._silent_workers):
+                now = time.time()
+                record = job.to_record()
+                record.status, record.attempts, record.started_at = Status.IN_PROGRESS, 1, now
+                claim = Claim(record, str(uuid.uuid4()), now + self.lease_seconds,
+                              parked.worker_id)
+                parked.future.set_result([claim])
+                return claim
+        return None
+
+    def _started(self, claim: Claim) -> Assignment:
+        job = self.jobs.get(claim.request.id)
+        if job is not None:
+            self._stop_waiting(job)
+            job.status = Status.IN_PROGRESS
+            job.attempts = claim.request.attempts
+            job.started_at = job.started_at or claim.request.started_at
+            job.attempt_started_at = time.time()
             job.notify()
-        elif kind == "partial":
-            job.latest_partial = message["body"]
-            if job.partials is not None:
-                job.partials.put_nowait(message["body"])
-            job.notify()
-        elif kind == "state":
-            job.options["saved_state"] = message["state"]
-            if job.mode is Mode.QUEUE:
-                self.store.set_options(job.id, job.options)
-        elif kind == "progress":
-            job.progress = {"step": message["step"], "total": message["total"],
-                            "message": message.get("message")}
+        self.store.notifier.publish(RequestChanged(claim.request.id))
+        return Assignment.from_claim(claim)
+
+    def _work_added(self, endpoint_id: str) -> None:
+        for parked in list(self._parked):
+            if ((endpoint_id == ANY_ENDPOINT or endpoint_id in parked.endpoint_ids)
+                    and not parked.future.done()):
+                parked.future.set_result(None)
+        self.store.notifier.publish(WorkAdded(endpoint_id))
+
+    async def renew(self, worker_id: str, attempt_ids: list[str], watch: list[str],
+                    wait: float) -> LeaseReport:
+        self._silent_workers.discard(worker_id)  # it is alive
+        report = LeaseReport()
+        if attempt_ids:
+            report = await self.store.renew_leases(worker_id, attempt_ids,
+                                                   time.time() + self.lease_seconds)
+        report.cancelled += [rid for rid in watch
+                             if (job := self.jobs.get(rid)) is not None and job.cancel_requested]
+        if report.lost or report.cancelled or wait <= 0 or not watch:
+            return report
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[str] = loop.create_future()
+        for request_id in watch:
+            self._cancel_watchers.setdefault(request_id, []).append(future)
+        try:
+            report.cancelled.append(await asyncio.wait_for(future, wait))
+        except TimeoutError:
+            pass
+        finally:
+            for request_id in watch:
+                watchers = self._cancel_watchers.get(request_id, [])
+                with contextlib.suppress(ValueError):
+                    watchers.remove(future)
+                if not watchers:
+                    self._cancel_watchers.pop(request_id, None)
+        return report
+
+    def _wake_cancel_watchers(self, request_id: str) -> None:
+        for future in self._cancel_watchers.get(request_id, []):
+            if not future.done():
+                future.set_result(request_id)
+
+    def report(self, attempt_id: str, message: Report) -> None:
+        job = self.jobs.get(message.id)
+        if isinstance(message, Log):
+            entry = LogEntry(message.message, message.level, message.source, time.time())
+            self.store.add_logs(message.id, [entry])
+            self.store.notifier.publish(RequestChanged(message.id))
+            if job is not None:
+                job.add_logs([entry])
+        elif isinstance(message, Progress):
+            progress = {"step": message.step, "total": message.total,
+                        "message": message.message}
+            self.store.set_live(message.id, progress, None)
+            self.store.notifier.publish(Progressed(message.id, message.step, message.total,
+                                                   message.message))
+            if job is not None:
+                job.progress = progress
+        elif isinstance(message, Partial):
+            self.store.set_live(message.id, None, message.body)
+            self.store.notifier.publish(PartialProduced(message.id, message.body))
+            if job is not None:
+                job.add_partial(message.body)
+        elif isinstance(message, SavedState):
+            self._spawn(self._save_state(message))
+        if job is not None:
             job.notify()
 
-    def _on_runner_exit(self, runner: RunnerHandle) -> None:
-        for attempt in list(runner.in_flight.values()):
-            status, error_type = attempt.failure or (503, "runner_disconnected")
-            detail = {"request_timeout": "The request exceeded its request_timeout",
-                      "client_cancelled": "Request cancelled",
-                      "runner_disconnected": "The runner stopped while serving the request",
-                      }[error_type]
-            retry = error_type != "client_cancelled"
-            self._end_attempt(attempt, failure(status, detail, error_type), retry)
-        runner.in_flight.clear()
+    async def _save_state(self, message: SavedState) -> None:
+        job = self.jobs.get(message.id)
+        record = job.to_record() if job is not None else await self.store.get_request(
+            message.id)
+        if record is not None:
+            record.options["saved_state"] = message.state
+            self.store.set_options(message.id, record.options)
 
-    def _end_attempt(self, attempt: Attempt, outcome: Outcome, retry: bool) -> None:
-        """Record how an attempt ended; retry it (``retry`` and the job allows) or finish."""
-        job = attempt.job
-        self._release_attempt(attempt)
+    async def finish(self, attempt_id: str, result: Result, started: bool = True) -> bool:
+        job = self.jobs.get(result.id)
+        record = await self._current(result.id)
+        if record is None:
+            return False
+        began = ((job.attempt_started_at if job is not None else None) or record.started_at
+                 or time.time())
+        outcome = Outcome(status=result.status, body=result.body, headers=result.headers,
+                          inference_time=max(0.0, time.time() - began))
+        return await self._end_attempt(record, attempt_id, outcome,
+                                       _needs_retry(result.status, result.headers),
+                                       UNSTARTED if not started else None)
+
+    async def hand_back(self, attempt_id: str, request_id: str, started: bool) -> bool:
+        """A worker gives an attempt back. Not ``started`` (it had no runner left for it):
+        the claim is undone. Started (the worker is stopping): a queued request goes back
+        to the queue without using up a retry; a direct caller gets a retryable 503."""
+        record = await self._current(request_id)
+        if record is None:
+            return False
+        if not started:
+            requeued = await self.store.requeue(request_id, attempt_id, time.time(),
+                                                UNSTARTED, None)
+        elif record.mode is not Mode.QUEUE:
+            return await self._complete(record, shutting_down(), attempt_id, "interrupted")
+        else:
+            record.options["handed_back"] = record.options.get("handed_back", 0) + 1
+            requeued = await self.store.requeue(request_id, attempt_id, time.time(),
+                                                "interrupted", "server_shutdown",
+                                                record.options)
+        if requeued:
+            self._back_in_queue(record, record.options)
+        return requeued
+
+    async def _current(self, request_id: str) -> RequestRecord | None:
+        job = self.jobs.get(request_id)
+        return job.to_record() if job is not None else await self.store.get_request(request_id)
+
+    # Ending attempts
+    async def _end_attempt(self, record: RequestRecord, attempt_id: str, outcome: Outcome,
+                           retry: bool, attempt_outcome: str | None = None) -> bool:
+        """Record how an attempt ended (``attempt_outcome``: by default "ok" or "failed"
+        from its status): a retry (``retry`` and the request allows) or the outcome. False
+        if ``attempt_id`` was not the request's current attempt."""
         failed = outcome.status >= 500 or outcome.status == 499
-        if job.mode is Mode.QUEUE:
-            self.store.end_attempt(job.id, attempt.number, time.time(),
-                                   "failed" if failed else "ok",
-                                   outcome.error_type or _body_error_type(outcome.body))
-        if job.cancel_requested and outcome.status >= 500:
+        attempt_outcome = attempt_outcome or ("failed" if failed else "ok")
+        if record.cancel_requested and outcome.status >= 500:
             outcome = cancelled()
-        if retry and job.may_retry():
-            log.info("request %s: attempt %d failed with %d, retrying", job.id,
-                     attempt.number, outcome.status)
-            job.status = Status.IN_QUEUE
-            self.store.requeue(job.id)
-            self._arm_start_deadline(job)
-            self.pools[job.app_ref].enqueue(job, front=True)
-            job.notify()
-            return
+        if retry and may_retry(record):
+            error_type = outcome.error_type or _body_error_type(outcome.body)
+            requeued = await self.store.requeue(record.id, attempt_id, time.time(),
+                                                attempt_outcome, error_type)
+            if requeued:
+                log.info("request %s: attempt %d failed with %d, retrying", record.id,
+                         record.attempts, outcome.status)
+                self._back_in_queue(record, None)
+            return requeued
         if not outcome.ok and outcome.error_type is None:
             outcome.error_type = _body_error_type(outcome.body) or _default_error_type(
                 outcome.status)
             outcome.error = _body_detail(outcome.body)
             outcome.headers.setdefault("x-fal-error-type", outcome.error_type)
-        self._finish(job, outcome)
+        return await self._complete(record, outcome, attempt_id, attempt_outcome)
 
-    def _release_attempt(self, attempt: Attempt) -> None:
-        if attempt.timer is not None:
-            attempt.timer.cancel()
-        attempt.job.attempt = None
-        self._key_slot_freed(attempt.job)
-        self._attempt_ended.set()
+    def _back_in_queue(self, record: RequestRecord, options: dict[str, Any] | None) -> None:
+        job = self.jobs.get(record.id)
+        if job is not None:
+            job.status = Status.IN_QUEUE
+            job.progress = None
+            if options is not None:
+                job.options = options
+            job.notify()
+        self.store.notifier.publish(RequestChanged(record.id))
+        self._work_added(record.endpoint_id)
 
-    def _on_setup_failure(self, pool: AppPool, setup: SetupFailed) -> None:
-        if setup.answer is not None:
-            status, body = setup.answer
-            error_type = _body_error_type(body) or _default_error_type(status)
-            outcome = Outcome(status=status, body=body, error=_body_detail(body),
-                              error_type=error_type, headers={"x-fal-error-type": error_type})
-        else:
-            outcome = failure(503, f"No runner could be started for {pool.app.app_id}: {setup}",
-                              "runner_scheduling_failure")
-        for job in pool.take_waiting():
-            self._finish(job, outcome)
+    async def _complete(self, record: RequestRecord, outcome: Outcome,
+                        attempt_id: str | None = None,
+                        attempt_outcome: str | None = None) -> bool:
+        """Commit the outcome (fenced: by the attempt, or, without one, only while the
+        request waits) before anyone is told; False if the fence refused it."""
+        webhook = webhook_target(record.options, record.key_id)
+        finished_at = time.time()
+        failures = 0
+        while True:
+            try:
+                committed = await self.store.complete(
+                    record.id, outcome, finished_at, webhook, attempt_id=attempt_id,
+                    attempt_outcome=attempt_outcome,
+                    keep_io=not record.options.get("transient_io"))
+                break
+            except Exception:
+                # The outcome must be stored before anyone is told (disk full, say): keep
+                # trying; until then the request still reads as unfinished.
+                failures += 1
+                log.exception("storing the outcome of %s failed (%d)", record.id, failures)
+                await asyncio.sleep(min(2.0 ** failures, 30.0))
+        if not committed:
+            return False
+        if webhook is not None:
+            self.on_webhook_queued()
+        if record.key_id is not None and record.status is Status.IN_PROGRESS:
+            self._work_added(ANY_ENDPOINT)  # the key's slot is free: held-back work may go
+        self.store.notifier.publish(RequestChanged(record.id))
+        job = self.jobs.get(record.id)
+        if job is not None:
+            self._finish_job(job, self._finished_record(record, outcome, finished_at))
+        return True
 
-    # Start deadlines (X-Fal-Request-Timeout)
-    def _arm_start_deadline(self, job: Job) -> None:
-        deadline = job.start_deadline
-        if deadline is None:
-            return
-        if job.deadline_timer is not None:
-            job.deadline_timer.cancel()
-        delay = max(0.0, deadline - time.time())
-        job.deadline_timer = asyncio.get_running_loop().call_later(
-            delay, self._start_deadline_passed, job)
-
-    def _start_deadline_passed(self, job: Job) -> None:
-        if job.finished or job.attempt is not None:
-            return
-        self.pools[job.app_ref].remove(job)
-        self._finish(job, failure(
-            504, "The request did not start before its X-Fal-Request-Timeout",
-            "request_timeout", {"x-fal-request-timeout-type": "user"}))
-
-    # Outcomes
-    def _finish(self, job: Job, outcome: Outcome) -> None:
-        """End a job: a direct one at once, a queued one once its outcome is committed."""
+    def _finish_job(self, job: Job, record: RequestRecord) -> None:
         if job.finished:
             return
         job.finished = True
         self._stop_waiting(job)
-        if job.deadline_timer is not None:
-            job.deadline_timer.cancel()
-        finished_at = time.time()
         if job.mode is Mode.QUEUE:
-            self._spawn(self._commit(job, outcome, finished_at), name=f"commit {job.id}")
-            return
-        self.store.add_request(self._finished_record(job, outcome, finished_at))
-        self._publish(job, outcome)
-
-    async def _commit(self, job: Job, outcome: Outcome, finished_at: float) -> None:
-        webhook = webhook_target(job.options, job.key_id)
-        failures = 0
-        while True:
-            try:
-                await self.store.complete(job.id, outcome, finished_at, webhook)
-                break
-            except Exception:
-                # The outcome must be stored before anyone is told (disk full, say): keep
-                # trying; until then the request still reads as in progress.
-                failures += 1
-                log.exception("storing the outcome of %s failed (%d)", job.id, failures)
-                await asyncio.sleep(min(2.0 ** failures, 30.0))
-        if webhook is not None:
-            self.on_webhook_queued()
-        self._remember(self._finished_record(job, outcome, finished_at), job.logs)
-        self._publish(job, outcome)
-
-    def _remember(self, record: RequestRecord, logs: list[LogEntry]) -> None:
-        """Keep a just-finished request in memory: its callers' last status poll and result
-        fetch, which come right after, then need no database read."""
-        if len(record.payload) + len(record.result_body or b"") > RECENT_MAX_BYTES:
-            return
-        self.recent[record.id] = (record, list(logs))
-        if len(self.recent) > RECENT_LIMIT:
-            self.recent.popitem(last=False)
-
-    def recently_finished(self, request_id: str) -> tuple[RequestRecord, list[LogEntry]] | None:
-        entry = self.recent.get(request_id)
-        if entry is None or entry[0].finished_at is None:
-            return None
-        if entry[0].finished_at < time.time() - self.retention_seconds:
-            del self.recent[request_id]
-            return None
-        return entry
-
-    def _publish(self, job: Job, outcome: Outcome) -> None:
+            self._remember(record, job.logs)
         job.status = Status.COMPLETED
         self.jobs.pop(job.id, None)
         job.notify()
         if not job.done.done():
-            job.done.set_result(outcome)
+            job.done.set_result(Outcome(
+                status=record.result_status or 500, body=record.result_body or b"",
+                error=record.error, error_type=record.error_type,
+                inference_time=record.inference_time, headers=record.result_headers))
 
     @staticmethod
-    def _finished_record(job: Job, outcome: Outcome, finished_at: float) -> RequestRecord:
-        record = job.to_record()
+    def _finished_record(record: RequestRecord, outcome: Outcome,
+                         finished_at: float) -> RequestRecord:
         record.status = Status.COMPLETED
         record.finished_at = finished_at
         record.result_status = outcome.status
@@ -450,61 +536,111 @@ class Dispatcher:
         record.error, record.error_type = outcome.error, outcome.error_type
         record.inference_time = outcome.inference_time
         record.billable_units = outcome.billable_units
-        if not job.store_io:
-            record.payload, record.result_body = b"", None
         return record
 
+    def _remember(self, record: RequestRecord, logs: list[LogEntry]) -> None:
+        """Keep a just-finished request in memory: its callers' last status poll and result
+        fetch, which come right after, then need no database read (bounded in count and
+        bytes)."""
+        size = len(record.payload) + len(record.result_body or b"")
+        if size > RECENT_MAX_BYTES or len(logs) > 500:
+            return
+        self.recent[record.id] = (record, list(logs))
+        self._recent_bytes += size
+        while len(self.recent) > RECENT_LIMIT or self._recent_bytes > RECENT_TOTAL_BYTES:
+            _, (old, _) = self.recent.popitem(last=False)
+            self._recent_bytes -= len(old.payload) + len(old.result_body or b"")
+
+    def recently_finished(self, request_id: str) -> tuple[RequestRecord, list[LogEntry]] | None:
+        entry = self.recent.get(request_id)
+        if entry is None or entry[0].finished_at is None:
+            return None
+        if entry[0].finished_at < time.time() - self.retention_seconds:
+            self._recent_bytes -= len(entry[0].payload) + len(entry[0].result_body or b"")
+            del self.recent[request_id]
+            return None
+        return entry
+
+    # What other gateways did (the store's events)
+    def _on_event(self, event: Event) -> None:
+        if isinstance(event, WorkAdded):
+            for parked in list(self._parked):
+                if ((event.endpoint_id == ANY_ENDPOINT
+                     or event.endpoint_id in parked.endpoint_ids)
+                        and not parked.future.done()):
+                    parked.future.set_result(None)
+        elif isinstance(event, CancelRequested):
+            self._wake_cancel_watchers(event.request_id)
+        elif (job := self.jobs.get(event.request_id)) is not None:
+            if isinstance(event, Progressed):
+                job.progress = {"step": event.step, "total": event.total,
+                                "message": event.message}
+                job.notify()
+            elif isinstance(event, PartialProduced):
+                job.add_partial(event.body)
+                job.notify()
+            else:
+                self._spawn(self._refresh(job))
+
+    async def _refresh(self, job: Job) -> None:
+        """Bring a job in step with the store (another gateway changed the request)."""
+        record = await self.store.get_request(job.id)
+        if record is None or job.finished:
+            return
+        new_logs = await self.store.get_logs(job.id, len(job.logs) + job.logs_dropped)
+        job.add_logs(new_logs)
+        job.cancel_requested = record.cancel_requested
+        if record.status is Status.COMPLETED:
+            self._finish_job(job, record)
+            return
+        if record.status is not job.status or record.attempts != job.attempts or new_logs:
+            job.status, job.attempts = record.status, record.attempts
+            job.notify()
+
     # Shutdown
-    def running_attempts(self) -> list[Attempt]:
-        return [attempt for pool in self.pools.values() for runner in pool.runners.values()
-                for attempt in runner.in_flight.values()]
-
-    async def drain(self, grace_seconds: float) -> int:
-        """Stop taking work and let running requests finish for up to ``grace_seconds``;
-        then hand back what is still running. Returns how many requests were handed back.
-
-        Queued requests that have not started stay in the store and resume after a restart;
-        direct callers still waiting are answered 503 at once (they can retry).
-        """
+    async def stop_accepting(self) -> None:
+        """Take no new work; direct callers still waiting for a runner are answered 503
+        (they can retry), queued requests stay in the store for later."""
         self.accepting = False
-        for pool in self.pools.values():
-            pool.paused = True
-            # Queued requests stay where they are (and IN_QUEUE in the store).
-            for job in pool.take_waiting(Priority.DIRECT):
-                self._finish(job, shutting_down())
-        deadline = time.monotonic() + grace_seconds
-        while self.running_attempts() and (left := deadline - time.monotonic()) > 0:
-            self._attempt_ended.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._attempt_ended.wait(), left)
-        running = self.running_attempts()
-        for attempt in running:
-            self._hand_back(attempt)
-        # Outcomes being committed are part of finishing.
-        commits = [task for task in self._background if task.get_name().startswith("commit")]
-        if commits:
-            await asyncio.wait(commits, timeout=max(1.0, deadline - time.monotonic()))
+        for parked in list(self._parked):
+            if not parked.future.done():
+                parked.future.set_result(None)
+        for job in list(self.jobs.values()):
+            if job.mode is not Mode.QUEUE and job.status is Status.IN_QUEUE:
+                await self._complete(job.to_record(), shutting_down())
+
+    def drain_over(self) -> None:
+        """The drain is over: status streams end (their clients reconnect elsewhere)."""
         self.drained = True
         for job in list(self.jobs.values()):
             job.notify()
-        return len(running)
-
-    def _hand_back(self, attempt: Attempt) -> None:
-        """End a running attempt because the server is stopping: a queued request goes back
-        to the queue without using up a retry; a direct caller gets a retryable 503."""
-        job = attempt.job
-        attempt.runner.in_flight.pop(job.id, None)
-        self._release_attempt(attempt)
-        attempt.runner.kill()
-        if job.mode is Mode.QUEUE:
-            job.status = Status.IN_QUEUE
-            job.options["handed_back"] = job.options.get("handed_back", 0) + 1
-            self.store.hand_back(job.id, attempt.number, time.time(), job.options)
-            job.notify()
-        else:
-            self._finish(job, shutting_down())
 
     # Housekeeping
+    async def _reap_loop(self) -> None:
+        """End the attempts whose lease lapsed, and fail waiting requests past their
+        start deadline. Every gateway runs it; the store's fences let one of them win."""
+        interval = min(1.0, self.lease_seconds / 10)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._reap(time.time())
+            except Exception:
+                log.exception("reaping lapsed leases failed; trying again")
+
+    async def _reap(self, now: float) -> None:
+        lapsed = await self.store.lapsed(now, 100)
+        self._silent_workers.update(claim.worker_id for claim in lapsed)
+        for claim in lapsed:
+            record = claim.request
+            log.warning("request %s: attempt %d lost its lease (worker %s)", record.id,
+                        record.attempts, claim.worker_id)
+            await self._end_attempt(record, claim.attempt_id, lost_runner(), retry=True,
+                                    attempt_outcome="lost")
+        for record in await self.store.overdue(now, 100):
+            await self._complete(record, failure(
+                504, "The request did not start before its X-Fal-Request-Timeout",
+                "request_timeout", {"x-fal-request-timeout-type": "user"}))
+
     async def _purge_loop(self) -> None:
         interval = min(3600.0, max(1.0, self.retention_seconds / 10))
         while True:
@@ -518,24 +654,14 @@ class Dispatcher:
                     log.info("removed %d requests past their retention", removed)
             await asyncio.sleep(interval)
 
-    def _spawn(self, coro: Any, name: str | None = None) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # Views
-    def queue_position(self, job: Job) -> int:
-        return self.pools[job.app_ref].position(job)
-
-    def runners(self) -> list[dict[str, Any]]:
-        return [runner.describe() for pool in self.pools.values()
-                for runner in pool.runners.values()]
-
-
-def shutting_down() -> Outcome:
-    """The answer to work refused or ended because the server is stopping (retryable)."""
-    return failure(503, "The server is shutting down; try again", "server_shutting_down",
-                   {"retry-after": "1"})
+    def _app_endpoints(self, app_id: str) -> list[str]:
+        return sorted(endpoint for app in self.registry.apps.values() if app.app_id == app_id
+                      for endpoint in app.endpoint_ids())
 
 
 def _needs_retry(status: int, headers: dict[str, str]) -> bool:
@@ -576,3 +702,4 @@ def _default_error_type(status: int) -> str:
     if status == 503:
         return "runner_unavailable"
     return "runner_server_error"
+

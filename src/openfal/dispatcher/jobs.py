@@ -1,4 +1,9 @@
-"""A request while it is alive in the dispatcher: queued, running or being retried."""
+"""A request as a gateway watches it: one it accepted, or one whose status it streams.
+
+The store holds the truth; a ``Job`` is this gateway's view, kept in step by what its
+dispatcher does and by the store's events, so that callers waiting here (status streams,
+direct runs) are woken at each change.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,14 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from openfal.app.encoding import Encoding
 from openfal.store.base import LogEntry, Mode, Outcome, RequestRecord, Status
 
-if TYPE_CHECKING:
-    from openfal.dispatcher.runners import RunnerHandle
-
 MAX_ATTEMPTS = 10
+MAX_LOGS_IN_MEMORY = 2000  # log lines a watched request keeps here; the store keeps all
+MAX_PARTIALS_WAITING = 256  # partial results a slow stream reader may fall behind by
 
 
 class Priority(enum.IntEnum):
@@ -23,24 +27,20 @@ class Priority(enum.IntEnum):
     LOW = 2
 
 
-@dataclass
-class Attempt:
-    job: Job
-    number: int
-    attempt_id: str
-    runner: RunnerHandle
-    started_at: float
-    # Set when the platform ends the attempt itself (timeout, hard cancel): why, as
-    # (http status, error_type).
-    failure: tuple[int, str] | None = None
-    timer: asyncio.TimerHandle | None = None
+def may_retry(record: RequestRecord) -> bool:
+    """Whether a failed attempt of this request is tried again: queued requests are,
+    within their budget and start deadline, unless the caller said not to or cancelled."""
+    deadline = record.options.get("start_deadline")
+    counted = record.attempts - record.options.get("handed_back", 0)
+    return (record.mode is Mode.QUEUE and not record.options.get("no_retry")
+            and not record.cancel_requested and counted < MAX_ATTEMPTS
+            and (deadline is None or time.time() < deadline))
 
 
 @dataclass(eq=False)
 class Job:
     id: str
     app_id: str  # "owner/name", as in its URLs
-    app_ref: str  # the class that serves it (its pool)
     endpoint_id: str
     path: str
     mode: Mode
@@ -50,16 +50,12 @@ class Job:
     created_at: float
     options: dict[str, Any] = field(default_factory=dict)
     key_id: str | None = None  # the API key that made it; None: anonymous
-    # "msgpack" for realtime messages; results then come back msgpack-encoded too.
-    encoding: Encoding = "json"
-    # Whether its input and result are kept in the store (realtime frames are not: only
-    # the request itself is recorded, for usage).
-    store_io: bool = True
     attempts: int = 0
     started_at: float | None = None  # when its first attempt started
+    attempt_started_at: float | None = None  # when its current attempt started
     status: Status = Status.IN_QUEUE
-    attempt: Attempt | None = None
     logs: list[LogEntry] = field(default_factory=list)
+    logs_dropped: int = 0  # the oldest lines, no longer kept here (MAX_LOGS_IN_MEMORY)
     progress: dict[str, Any] | None = None
     # The newest partial result, and every partial in order for a caller streaming them.
     latest_partial: bytes | None = None
@@ -71,35 +67,42 @@ class Job:
     done: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
-    deadline_timer: asyncio.TimerHandle | None = None
 
     @property
-    def start_deadline(self) -> float | None:
-        return self.options.get("start_deadline")
+    def encoding(self) -> Encoding:
+        """"msgpack" for realtime messages; results then come back msgpack-encoded too."""
+        return self.options.get("encoding", "json")
 
     @property
-    def no_retry(self) -> bool:
-        return bool(self.options.get("no_retry"))
-
-    @property
-    def runner_hint(self) -> str | None:
-        return self.options.get("runner_hint")
+    def store_io(self) -> bool:
+        """Whether its input and result are kept once it ends (realtime frames are not:
+        only the request itself is recorded, for usage)."""
+        return not self.options.get("transient_io", False)
 
     @property
     def key_limit(self) -> int | None:
         """Running requests the submitting key may have at once."""
         return self.options.get("key_limit")
 
-    @property
-    def counted_attempts(self) -> int:
-        """Attempts that used up a retry: those handed back at a shutdown did not."""
-        return self.attempts - self.options.get("handed_back", 0)
+    def stream_partials(self) -> asyncio.Queue[bytes]:
+        """Have every partial result kept in order for a caller streaming them."""
+        self.options["stream"] = True
+        self.partials = asyncio.Queue(MAX_PARTIALS_WAITING)
+        return self.partials
 
-    def may_retry(self) -> bool:
-        deadline = self.start_deadline
-        return (self.mode is Mode.QUEUE and not self.no_retry and not self.cancel_requested
-                and self.counted_attempts < MAX_ATTEMPTS
-                and (deadline is None or time.time() < deadline))
+    def add_logs(self, entries: list[LogEntry]) -> None:
+        self.logs.extend(entries)
+        excess = len(self.logs) - MAX_LOGS_IN_MEMORY
+        if excess > 0:
+            del self.logs[:excess]
+            self.logs_dropped += excess
+
+    def add_partial(self, body: bytes) -> None:
+        self.latest_partial = body
+        if self.partials is not None:
+            if self.partials.full():
+                self.partials.get_nowait()  # a reader this far behind wants the newest
+            self.partials.put_nowait(body)
 
     def changed(self) -> asyncio.Event:
         """An event set at the next change of status, logs or progress."""
@@ -115,14 +118,14 @@ class Job:
             mode=self.mode, status=self.status, payload=self.payload,
             created_at=self.created_at, priority=int(self.priority), headers=self.headers,
             options=self.options, attempts=self.attempts, key_id=self.key_id,
-            started_at=self.started_at)
+            started_at=self.started_at, cancel_requested=self.cancel_requested)
 
     @classmethod
-    def from_record(cls, record: RequestRecord, app_ref: str) -> Job:
-        return cls(id=record.id, app_id=record.app_id, app_ref=app_ref,
-                   endpoint_id=record.endpoint_id,
+    def from_record(cls, record: RequestRecord) -> Job:
+        return cls(id=record.id, app_id=record.app_id, endpoint_id=record.endpoint_id,
                    path=record.path, mode=record.mode, payload=record.payload,
                    headers=record.headers, priority=Priority(record.priority),
                    created_at=record.created_at, options=record.options,
                    attempts=record.attempts, key_id=record.key_id,
-                   started_at=record.started_at)
+                   started_at=record.started_at, status=record.status,
+                   cancel_requested=record.cancel_requested)

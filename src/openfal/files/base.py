@@ -1,22 +1,34 @@
 """What a file store is: records, errors and the ``FileStorage`` interface.
 
 The interface mirrors what an S3-compatible object store offers (put, ranged get, delete,
-multipart uploads, expiry), so a bucket can replace the local disk later. Every method is
-synchronous: runner processes call them from worker threads, the gateway through
-``asyncio.to_thread``.
+multipart uploads, expiry): ``local.py`` keeps files on the local disk, ``s3.py`` in a bucket.
+The rules both follow (ids, part lists) are here. Every method is synchronous: runner
+processes call them from worker threads, the gateway through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import secrets
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote
 
 MAX_PART_NUMBER = 10_000  # as in S3
+ABANDON_AFTER = 24 * 3600.0  # seconds without activity before an upload or staged file is swept
 _MD5 = re.compile(r"[0-9a-f]{32}")
+_ID = re.compile(r"[A-Za-z0-9_-]{32}")
+
+
+def new_id() -> str:
+    """A file or upload id: 32 characters of [A-Za-z0-9_-], safe in a path or an object key."""
+    return secrets.token_urlsafe(24)
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
 def file_url(public_url: str, file_id: str, file_name: str) -> str:
@@ -67,6 +79,31 @@ class InvalidParts(StorageError):
 
 class FileTooLarge(StorageError):
     """The completed file would be larger than allowed."""
+
+
+def check_part_number(part_number: int) -> None:
+    if not (isinstance(part_number, int) and 1 <= part_number <= MAX_PART_NUMBER):
+        raise InvalidParts(f"part numbers go from 1 to {MAX_PART_NUMBER}, not {part_number!r}")
+
+
+def select_parts(parts: list[tuple[int, str]],
+                 uploaded: Mapping[int, Collection[str]]) -> list[tuple[int, str]]:
+    """The ``(part_number, md5 hex)`` a completion lists, in part-number order, checked
+    against ``uploaded`` (each uploaded part number: the etags it may be completed with)."""
+    if not parts:
+        raise InvalidParts("no parts listed")
+    chosen: dict[int, str] = {}
+    for number, etag in parts:
+        check_part_number(number)
+        if number in chosen:
+            raise InvalidParts(f"part {number} is listed twice")
+        if number not in uploaded:
+            raise InvalidParts(f"part {number} was not uploaded")
+        bare = normalize_etag(etag) if isinstance(etag, str) else None
+        if bare is None or bare not in uploaded[number]:
+            raise InvalidParts(f"part {number}: etag {etag!r} does not match the uploaded part")
+        chosen[number] = bare
+    return sorted(chosen.items())
 
 
 class FileStorage(Protocol):

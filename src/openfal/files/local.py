@@ -20,7 +20,6 @@ import errno
 import hashlib
 import json
 import os
-import re
 import secrets
 import shutil
 import time
@@ -31,26 +30,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 from openfal.files.base import (
-    MAX_PART_NUMBER,
+    ABANDON_AFTER,
     FileTooLarge,
-    InvalidParts,
     MultipartUpload,
     NotFound,
     StoredFile,
-    normalize_etag,
+    check_part_number,
+    new_id,
+    select_parts,
+    valid_id,
 )
-
-CHUNK_BYTES = 1024 * 1024
-DAY = 24 * 3600.0
-_ID = re.compile(r"[A-Za-z0-9_-]{32}")
-
-
-def new_id() -> str:
-    return secrets.token_urlsafe(24)  # 32 characters of [A-Za-z0-9_-]
-
-
-def valid_id(value: object) -> bool:
-    return isinstance(value, str) and _ID.fullmatch(value) is not None
+from openfal.files.disk import CHUNK_BYTES, hash_file, remove, sweep_stale, unchanged_since
 
 
 @dataclass(frozen=True)
@@ -66,7 +56,7 @@ class LocalFileStorage:
     """A ``FileStorage`` in one folder. ``abandon_after``: seconds without activity after
     which an unfinished upload or a staged file is swept."""
 
-    def __init__(self, root: Path, *, abandon_after: float = DAY):
+    def __init__(self, root: Path, *, abandon_after: float = ABANDON_AFTER):
         self.root = root
         self.abandon_after = abandon_after
         self._uploads = root / "uploads"
@@ -125,14 +115,14 @@ class LocalFileStorage:
 
     def put_part(self, upload_id: str, part_number: int, data: bytes) -> str:
         folder = self._upload_folder(upload_id)
-        _check_part_number(part_number)
+        check_part_number(part_number)
         with _upload_gone_as_not_found(folder):
             return self._place_part(folder, part_number, self._stage_bytes(data, folder))
 
     def put_part_path(self, upload_id: str, part_number: int, path: Path,
                       move: bool = False) -> str:
         folder = self._upload_folder(upload_id)
-        _check_part_number(part_number)
+        check_part_number(part_number)
         with _upload_gone_as_not_found(folder):
             staged = self._stage_path(Path(path), folder, move)
             return self._place_part(folder, part_number, staged)
@@ -180,13 +170,11 @@ class LocalFileStorage:
         """Remove unfinished uploads, staged files and data left without a record (a crash
         between the two writes) that have not changed since ``before``."""
         for folder in (self._uploads, self.staging_dir):
-            for entry in list(os.scandir(folder)):
-                if _unchanged_since(entry, before):
-                    _remove(Path(entry.path))
+            sweep_stale(folder, before)
         for entry in list(os.scandir(self.root)):
             if (valid_id(entry.name) and not self._meta(entry.name).exists()
-                    and _unchanged_since(entry, before)):
-                _remove(Path(entry.path))
+                    and unchanged_since(entry, before)):
+                remove(Path(entry.path))
 
     # Paths and writes
     def _data(self, file_id: str) -> Path:
@@ -233,7 +221,7 @@ class LocalFileStorage:
         on the same filesystem, else copied (and, with ``move``, then removed)."""
         path = _temp_path(folder)
         if move:
-            size, etag = _hash_file(source)
+            size, etag = hash_file(source)
             try:
                 os.replace(source, path)
             except OSError as exc:
@@ -281,11 +269,6 @@ def _check_id(value: str) -> None:
         raise NotFound(f"not a file id: {value!r}")
 
 
-def _check_part_number(part_number: int) -> None:
-    if not (isinstance(part_number, int) and 1 <= part_number <= MAX_PART_NUMBER):
-        raise InvalidParts(f"part numbers go from 1 to {MAX_PART_NUMBER}, not {part_number!r}")
-
-
 def _load_record(path: Path) -> StoredFile | None:
     """The StoredFile in a record file; None if it is missing (deleted meanwhile) or not
     one (never written by this class: records are replaced whole)."""
@@ -297,34 +280,15 @@ def _load_record(path: Path) -> StoredFile | None:
 
 def _chosen_parts(folder: Path, parts: list[tuple[int, str]]) -> list[Path]:
     """The part files a completion lists, in part-number order."""
-    if not parts:
-        raise InvalidParts("no parts listed")
-    chosen: dict[int, Path] = {}
-    for number, etag in parts:
-        _check_part_number(number)
-        if number in chosen:
-            raise InvalidParts(f"part {number} is listed twice")
-        bare = normalize_etag(etag) if isinstance(etag, str) else None
-        path = folder / f"{number}.{bare}.part"
-        if bare is None or not path.is_file():
-            if not any(folder.glob(f"{number}.*.part")):
-                raise InvalidParts(f"part {number} was not uploaded")
-            raise InvalidParts(f"part {number}: etag {etag!r} does not match the uploaded part")
-        chosen[number] = path
-    return [chosen[number] for number in sorted(chosen)]
+    uploaded: dict[int, set[str]] = {}
+    for path in folder.glob("*.part"):
+        number, etag = path.name.split(".")[:2]
+        uploaded.setdefault(int(number), set()).add(etag)
+    return [folder / f"{number}.{etag}.part" for number, etag in select_parts(parts, uploaded)]
 
 
 def _temp_path(folder: Path) -> Path:
     return folder / f".tmp-{secrets.token_hex(8)}"
-
-
-def _hash_file(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.md5(usedforsecurity=False), 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _chunks(handle: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
@@ -338,16 +302,3 @@ def _chunks(handle: BinaryIO, start: int, stop: int) -> Iterator[bytes]:
             remaining -= len(chunk)
             yield chunk
 
-
-def _unchanged_since(entry: os.DirEntry[str], before: float) -> bool:
-    try:
-        return entry.stat(follow_symlinks=False).st_mtime < before
-    except FileNotFoundError:
-        return False
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

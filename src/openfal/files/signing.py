@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from pathlib import Path
 
@@ -22,13 +21,13 @@ class Signer:
     def __init__(self, secret: bytes):
         self._secret = secret
 
-    @classmethod
-    def from_file(cls, path: Path) -> Signer:
-        """The secret kept in ``path``, created (random, mode 0600) on first use."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            _create_secret(path)
-        return cls(path.read_bytes().strip())
+    @staticmethod
+    def initial_secret(legacy_path: Path) -> bytes:
+        """The secret a store starts with: the one a data dir of an earlier release kept
+        in a file (so its signed URLs stay valid), else a new random one."""
+        if legacy_path.exists():
+            return legacy_path.read_bytes().strip()
+        return secrets.token_urlsafe(32).encode()
 
     def derived_key(self, purpose: str) -> bytes:
         """A key for another signing scheme (e.g. JWTs), bound to ``purpose``."""
@@ -53,17 +52,3 @@ class Signer:
         return (expires.isascii() and expires.isdigit() and int(expires) > now
                 and self.verify(CDN_TOKEN, expires, signature))
 
-
-def _create_secret(path: Path) -> None:
-    """Write a new secret under a temporary name, then link it into place: if another
-    process got there first, its secret wins and both use it."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32) + "\n")
-    try:
-        os.link(temp, path)
-    except FileExistsError:
-        pass
-    finally:
-        temp.unlink()

@@ -25,6 +25,7 @@ from openfal.gateway import (
     storage_routes,
     tokens,
     webhook_routes,
+    worker_routes,
 )
 from openfal.gateway.auth import Access, Handler, guard
 from openfal.gateway.client_proxy import ClientProxy
@@ -68,6 +69,7 @@ ROUTES = [
     route("/api/keys/{key_id}", key_routes.update_key, ["PATCH"], A),
     route("/api/keys/{key_id}", key_routes.revoke_key, ["DELETE"], A),
     route("/api/usage", key_routes.usage, ["GET"], A),
+    *(route(path, handler, ["POST"], A) for path, handler in worker_routes.ROUTES),
     # Re-enters the app with the target URL: the target route's own access applies.
     Route("/api/fal/proxy", ClientProxy(), methods=["GET", "POST", "PUT", "OPTIONS"]),
     route("/api/requests/{request_id}/attempts", platform_routes.attempts, ["GET"], C),

@@ -39,7 +39,6 @@ from openfal.app.schema import (
     submit_operation,
 )
 from openfal.auth.keys import Scope
-from openfal.dispatcher.runners import RunnerState
 from openfal.files.lifecycle import LifecyclePreference
 from openfal.gateway.auth import Access
 from openfal.gateway.hosts import QUEUE_PREFIX
@@ -51,6 +50,7 @@ from openfal.gateway.tokens import TokenRequest
 from openfal.gateway.urls import base_url
 from openfal.server import Platform
 from openfal.store.base import UsageRow
+from openfal.worker.runners import RunnerState
 
 SECURITY_SCHEME = "Key"
 _KEY_REQUIRED: list[dict[str, list[str]]] = [{SECURITY_SCHEME: []}]

@@ -52,9 +52,9 @@ async def openapi(request: Request) -> Response:
 
 async def runners(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    dispatcher = platform.dispatcher
-    return json_response({"runners": dispatcher.runners(),
-                          "waiting_direct_by_key": dict(dispatcher.waiting_direct_by_key)})
+    runners = platform.worker.describe_runners() if platform.worker is not None else []
+    return json_response({"runners": runners, "waiting_direct_by_key":
+                          dict(platform.dispatcher.waiting_direct_by_key)})
 
 
 async def attempts(request: Request) -> Response:

@@ -51,13 +51,14 @@ async def submit(request: Request) -> Response:
                         "queue_full") from None
     body = {"status": Status.IN_QUEUE.value, "request_id": job.id,
             **queue_urls(request, job.app_id, job.id),
-            "queue_position": platform.dispatcher.queue_position(job)}
+            "queue_position": await platform.dispatcher.queue_position(job) or 0}
     return json_response(body, 200, {"x-fal-request-id": job.id})
 
 
 class _View:
-    """A request as the status routes see it: live in the dispatcher, or finished (from
-    the dispatcher's memory of recent results, with their logs, or from the store)."""
+    """A request as the status routes see it: live (watched by this gateway), or finished
+    (from the dispatcher's memory of recent results, with their logs, or from the store),
+    or unfinished but watched by no one here (read from the store)."""
 
     def __init__(self, job: Job | None, record: RequestRecord | None,
                  logs: list[LogEntry] | None = None):
@@ -67,7 +68,9 @@ class _View:
 
     @property
     def finished(self) -> bool:
-        return self.job is None
+        if self.job is not None:
+            return False
+        return self.record is not None and self.record.status is Status.COMPLETED
 
 
 async def _lookup(request: Request) -> _View:
@@ -87,20 +90,9 @@ async def _lookup(request: Request) -> _View:
         # Each attempt's own id (gateway_request_id) leads to its request too.
         original = await platform.store.request_id_for_attempt(request_id)
         record = await platform.store.get_request(original) if original else None
-    # A job may have finished between the two looks.
     if record is None or record.app_id != app_id or record.mode is not Mode.QUEUE:
         raise HTTPError(404, "Request not found", "request_not_found")
     ensure_visible(request, record.key_id)
-    request_id = record.id
-    if record.status is not Status.COMPLETED:
-        job = platform.dispatcher.jobs.get(request_id)
-        if job is not None:
-            return _View(job, None)
-        # It finished while the store was being read.
-        recent = platform.dispatcher.recently_finished(request_id)
-        if recent is not None:
-            return _View(None, *recent)
-        record = await platform.store.get_request(request_id) or record
     return _View(None, record)
 
 
@@ -113,8 +105,9 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
         body: dict[str, Any] = {"status": job.status.value, "request_id": job.id,
                                 **queue_urls(request, job.app_id, job.id)}
         if job.status is Status.IN_QUEUE:
-            body["queue_position"] = platform.dispatcher.queue_position(job)
-        body["logs"] = [e.to_wire() for e in job.logs[logs_from:]] if with_logs else None
+            body["queue_position"] = await platform.dispatcher.queue_position(job) or 0
+        skip = max(0, logs_from - job.logs_dropped)
+        body["logs"] = [e.to_wire() for e in job.logs[skip:]] if with_logs else None
         if job.progress is not None:
             body["progress"] = job.progress
         return body
@@ -122,15 +115,23 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
     assert record is not None
     logs = view.logs
     if with_logs and logs is None:
-        logs = await platform.store.get_logs(record.id)
-    body = {"status": Status.COMPLETED.value, "request_id": record.id,
+        logs = await platform.store.get_logs(record.id, logs_from)
+        logs_from = 0
+    body = {"status": record.status.value, "request_id": record.id,
             **queue_urls(request, record.app_id, record.id),
-            "logs": [e.to_wire() for e in (logs or [])[logs_from:]] if with_logs else None,
-            "metrics": {"inference_time": record.inference_time}
-            if record.inference_time is not None else {}}
-    if record.error is not None or record.error_type is not None:
-        body["error"] = record.error
-        body["error_type"] = record.error_type
+            "logs": [e.to_wire() for e in (logs or [])[logs_from:]] if with_logs else None}
+    if record.status is Status.IN_QUEUE:
+        body["queue_position"] = await platform.store.queue_position(record.id) or 0
+    elif record.status is Status.IN_PROGRESS:
+        progress, _ = await platform.store.get_live(record.id)
+        if progress is not None:
+            body["progress"] = progress
+    else:
+        body["metrics"] = ({"inference_time": record.inference_time}
+                           if record.inference_time is not None else {})
+        if record.error is not None or record.error_type is not None:
+            body["error"] = record.error
+            body["error_type"] = record.error_type
     return body
 
 
@@ -148,6 +149,9 @@ async def status_stream(request: Request) -> Response:
     view = await _lookup(request)
     with_logs = _wants_logs(request)
     platform: Platform = request.app.state.platform
+    if view.job is None and not view.finished:
+        assert view.record is not None
+        view = _View(await platform.dispatcher.watch(view.record), None)
 
     async def events() -> AsyncIterator[bytes]:
         # Each event carries only the log lines not sent before (the JS client accumulates
@@ -193,8 +197,9 @@ async def result(request: Request) -> Response:
 async def cancel(request: Request) -> Response:
     view = await _lookup(request)
     platform: Platform = request.app.state.platform
-    outcome = (platform.dispatcher.cancel(view.job.id) if view.job is not None
-               else CancelResult.ALREADY_COMPLETED)
+    outcome = (CancelResult.ALREADY_COMPLETED if view.finished
+               else await platform.dispatcher.cancel(view.job.id if view.job is not None
+                                                     else view.record.id))
     if outcome is CancelResult.CANCELLATION_REQUESTED:
         return json_response({"status": outcome.value}, 202)
     return json_response({"status": CancelResult.ALREADY_COMPLETED.value}, 400)

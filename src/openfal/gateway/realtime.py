@@ -153,12 +153,12 @@ async def _answer(websocket: WebSocket, platform: Platform, app: ServedApp, spec
     job = platform.dispatcher.new_job(
         app, spec.path, msgpack.packb(value, use_bin_type=True),
         forwarded_headers(websocket), Mode.DIRECT, Priority.DIRECT,
-        {} if limit is None else {"key_limit": limit}, key_id)
-    job.encoding = "msgpack"
-    job.store_io = False  # counted in usage; frames are not kept
-    job.partials = asyncio.Queue()
+        # counted in usage; frames are not kept
+        {"encoding": "msgpack", "transient_io": True,
+         **({} if limit is None else {"key_limit": limit})}, key_id)
+    job.stream_partials()
     try:
-        running = platform.dispatcher.start_direct(job)
+        running = await platform.dispatcher.start_direct(job)
     except KeyAtLimit as exc:
         await _send_error(websocket, "CONCURRENCY_LIMIT", str(exc))
         return
@@ -177,7 +177,7 @@ async def _run(websocket: WebSocket, platform: Platform, job: Job,
         outcome = running.result()
     finally:
         if not running.done():
-            platform.dispatcher.cancel(job.id)
+            platform.dispatcher.abandon(job.id)
     if outcome.ok:
         await websocket.send_bytes(outcome.body)
     else:

@@ -57,15 +57,15 @@ def _outcome_response(job: Job, outcome: Outcome) -> Response:
     return Response(outcome.body, outcome.status, headers, media_type="application/json")
 
 
-def _run_direct(platform: Platform, job: Job) -> asyncio.Future[Outcome]:
+async def _run_direct(platform: Platform, job: Job) -> asyncio.Future[Outcome]:
     """Start the job; a key at its bound is a 429 (``ShuttingDown`` is the app's 503)."""
     try:
-        return platform.dispatcher.start_direct(job)
+        return await platform.dispatcher.start_direct(job)
     except KeyAtLimit as exc:
         raise HTTPError(429, str(exc), "concurrency_limit", {"retry-after": "1"}) from None
 
 
-async def _until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:
+async def until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:
     """Wait for ``work``; True if the client went away first (the body has been read, so
     the next message the server gives is the disconnect)."""
     disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
@@ -83,24 +83,24 @@ async def _wait_for_disconnect(receive: Receive) -> None:
 
 async def run(request: Request) -> Response:
     platform, job = await _direct_job(request)
-    running = _run_direct(platform, job)
-    if await _until_disconnected(request.receive, running):
+    running = await _run_direct(platform, job)
+    if await until_disconnected(request.receive, running):
         return _abandoned(platform, job)
     return _outcome_response(job, running.result())
 
 
 def _abandoned(platform: Platform, job: Job) -> Response:
-    platform.dispatcher.cancel(job.id)
+    platform.dispatcher.abandon(job.id)
     log.info("request %s: the client went away; cancelled", job.id)
     return Response(status_code=499)  # never sent: there is nobody to send it to
 
 
 async def stream(request: Request) -> Response:
     platform, job = await _direct_job(request, streaming=True)
-    job.partials = asyncio.Queue()
-    running = _run_direct(platform, job)
-    first_partial = asyncio.ensure_future(next_partial(job.partials, running))
-    if await _until_disconnected(request.receive, first_partial):
+    partials = job.stream_partials()
+    running = await _run_direct(platform, job)
+    first_partial = asyncio.ensure_future(next_partial(partials, running))
+    if await until_disconnected(request.receive, first_partial):
         first_partial.cancel()
         return _abandoned(platform, job)
     first = first_partial.result()
@@ -113,7 +113,7 @@ async def stream(request: Request) -> Response:
         try:
             while item is not None:
                 yield _event(item)
-                item = await next_partial(job.partials, running)
+                item = await next_partial(partials, running)
             outcome = running.result()
             if outcome.ok:
                 yield _event(outcome.body)
@@ -123,7 +123,7 @@ async def stream(request: Request) -> Response:
                 yield b"event: error\n" + _event(json.dumps(error).encode())
         finally:
             if not running.done():
-                platform.dispatcher.cancel(job.id)
+                platform.dispatcher.abandon(job.id)
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"x-fal-request-id": job.id, "cache-control": "no-store"})

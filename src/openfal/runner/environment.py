@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from openfal.app.media import MediaConfig
@@ -10,18 +11,18 @@ from openfal.fetch import NetworkPolicy
 from openfal.files.base import file_url
 from openfal.models.weights import MODELS_DIR_ENV
 
-FILES_DIR = "OPENFAL_FILES_DIR"
+FILES = "OPENFAL_FILES"  # where outputs go: a local folder or s3://bucket[/prefix]
 PUBLIC_URL = "OPENFAL_PUBLIC_URL"
 FILE_TTL_SECONDS = "OPENFAL_FILE_TTL_SECONDS"  # "never" for files that do not expire
 MAX_DOWNLOAD_BYTES = "OPENFAL_MAX_DOWNLOAD_BYTES"
 ALLOW_NETWORKS = "OPENFAL_ALLOW_NETWORKS"  # comma-separated CIDRs the fetcher may reach
 
 
-def runner_environment(*, files_dir: Path, public_url: str, file_ttl_seconds: float | None,
+def runner_environment(*, files: str, public_url: str, file_ttl_seconds: float | None,
                        models_dir: Path, max_download_bytes: int,
                        allow_networks: list[str]) -> dict[str, str]:
     return {
-        FILES_DIR: str(files_dir),
+        FILES: files,
         PUBLIC_URL: public_url,
         FILE_TTL_SECONDS: "never" if file_ttl_seconds is None else str(file_ttl_seconds),
         MODELS_DIR_ENV: str(models_dir),
@@ -31,17 +32,19 @@ def runner_environment(*, files_dir: Path, public_url: str, file_ttl_seconds: fl
 
 
 def media_config_from_environment() -> MediaConfig:
-    """Where this runner stores outputs; outputs are inlined when it was not told."""
-    files_dir = os.environ.get(FILES_DIR)
+    """Where this runner stores outputs (the server's own file store, local or S3); outputs
+    are inlined when it was not told."""
+    files = os.environ.get(FILES)
     public_url = os.environ.get(PUBLIC_URL)
-    if not files_dir or not public_url:
+    if not files or not public_url:
         return MediaConfig()
-    from openfal.files.local import LocalFileStorage
+    from openfal.files import open_file_storage
 
     ttl = os.environ.get(FILE_TTL_SECONDS, "never")
     defaults = MediaConfig()
     return MediaConfig(
-        storage=LocalFileStorage(Path(files_dir)),
+        # A runner stages nothing, but an S3 store wants a staging folder all the same.
+        storage=open_file_storage(files, Path(tempfile.gettempdir()) / "openfal-runner"),
         public_url=public_url,
         network_policy=NetworkPolicy.allowing(os.environ.get(ALLOW_NETWORKS, "").split(",")),
         file_url=lambda file_id, name: file_url(public_url, file_id, name),

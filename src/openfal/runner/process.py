@@ -44,7 +44,17 @@ from openfal.app.inputs import fetch_inputs, may_hold_files
 from openfal.app.loader import load_app
 from openfal.app.media import configure as configure_media
 from openfal.runner.environment import media_config_from_environment
-from openfal.runner.protocol import encode, read_message
+from openfal.runner.protocol import (
+    Cancel,
+    Message,
+    Ready,
+    Result,
+    Run,
+    SetupFailed,
+    Stop,
+    encode,
+    read_message,
+)
 from openfal.upstream.placement import is_routed_only
 from openfal.upstream.router import forward, upstream_serves, upstreams_configured
 
@@ -52,6 +62,8 @@ from openfal.upstream.router import forward, upstream_serves, upstreams_configur
 # module's, however deep in a request the import happened.
 _IMPORT_FRAMES = frozenset({"<frozen importlib._bootstrap>",
                             "<frozen importlib._bootstrap_external>"})
+
+log = logging.getLogger(__name__)
 
 
 def _request_for_output() -> RequestContext | None:
@@ -159,7 +171,7 @@ class Runner:
         self.unavailable: ModelUnavailable | None = None
         self.forwarding: set[str] = set()  # requests of sync endpoints now at an upstream
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Message) -> None:
         frame = encode(message)
         if threading.get_ident() == self.loop_thread:
             self.writer.write(frame)
@@ -183,17 +195,20 @@ class Runner:
             return await self.setup_failed(exc)
         except BaseException:
             return await self.setup_failed(None)
-        self.send({"t": "ready", "hints": self.hints(), "pid": os.getpid()})
+        self.send(Ready(self.hints(), os.getpid()))
         return True
 
     async def setup_failed(self, exc: AppException | None) -> bool:
-        """Report a failed setup: an app's own answer (missing weights, say) is passed on,
-        anything else as its traceback."""
+        """Report a failed setup: an app's own answer (missing weights, say) is passed on;
+        anything else is logged here with its traceback and reported in one line (callers
+        get a reason, not the runner's source)."""
         if exc is None:
-            self.send({"t": "setup_failed", "error": traceback.format_exc()})
+            log.exception("setup() failed")
+            reason = traceback.format_exc().strip().splitlines()[-1]
+            self.send(SetupFailed(f"setup() failed: {reason}"[:500]))
         else:
-            self.send({"t": "setup_failed", "error": exc.message, "status": exc.status_code,
-                       "body": pydantic_core.to_json(exc.to_body())})
+            self.send(SetupFailed(exc.message, exc.status_code,
+                                  pydantic_core.to_json(exc.to_body())))
         await self.writer.drain()
         return False
 
@@ -203,19 +218,17 @@ class Runner:
         except Exception:
             return []
 
-    def on_run(self, message: dict[str, Any]) -> None:
-        request_id = message["id"]
-        ctx = RequestContext(request_id, message["path"], message.get("headers") or {},
-                             self.send, streaming=bool(message.get("stream")),
-                             encoding=message.get("encoding", "json"),
-                             saved_state=message.get("state"),
-                             endpoint_id=message.get("endpoint_id", ""))
-        task = self.loop.create_task(self.serve(ctx, message["path"], message["body"]))
+    def on_run(self, message: Run) -> None:
+        request_id = message.id
+        ctx = RequestContext(request_id, message.path, message.headers, self.send,
+                             streaming=message.stream, encoding=message.encoding,
+                             saved_state=message.state, endpoint_id=message.endpoint_id)
+        task = self.loop.create_task(self.serve(ctx, message.path, message.body))
         self.requests[request_id] = (ctx, task)
         task.add_done_callback(lambda _: self.requests.pop(request_id, None))
 
-    def on_cancel(self, message: dict[str, Any]) -> None:
-        entry = self.requests.get(message["id"])
+    def on_cancel(self, message: Cancel) -> None:
+        entry = self.requests.get(message.id)
         if entry is None:
             return
         ctx, task = entry
@@ -237,8 +250,7 @@ class Runner:
             self.stderr.finish(ctx)
         if ctx.billable_units is not None:
             headers = {**headers, "x-fal-billable-units": f"{ctx.billable_units:g}"}
-        self.send({"t": "result", "id": ctx.request_id, "status": status, "body": payload,
-                   "headers": headers, "hints": self.hints()})
+        self.send(Result(ctx.request_id, status, payload, headers, self.hints()))
 
     async def invoke(self, ctx: RequestContext, spec: EndpointSpec | None,
                      body: bytes) -> tuple[int, bytes, dict[str, str]]:
@@ -331,12 +343,11 @@ async def _main(app_ref: str, fd: int) -> int:
         if message is None:
             # The gateway is gone: stop now, whatever is still running.
             os._exit(0)
-        kind = message["t"]
-        if kind == "run":
+        if isinstance(message, Run):
             runner.on_run(message)
-        elif kind == "cancel":
+        elif isinstance(message, Cancel):
             runner.on_cancel(message)
-        elif kind == "stop":
+        elif isinstance(message, Stop):
             await runner.drain_and_stop()
             return 0
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+
+from openfal.store.events import Notifier
 
 
 class Status(enum.StrEnum):
@@ -46,6 +49,8 @@ class RequestRecord:
     inference_time: float | None = None
     key_id: str | None = None  # the API key that made the request; None: anonymous
     billable_units: float | None = None
+    attempt_id: str | None = None  # the running (or last) attempt's id
+    cancel_requested: bool = False
 
 
 @dataclass
@@ -152,51 +157,152 @@ class LogEntry:
                 "timestamp": datetime.fromtimestamp(self.timestamp, UTC).isoformat()}
 
 
+# The outcome of an attempt that never began (its worker had no runner for it, or none
+# could be set up): ``requeue`` and ``complete`` forget it, as if no claim had been made.
+UNSTARTED = "unstarted"
+
+
+@dataclass
+class Claim:
+    """A request a worker took: the request as stored once claimed (``attempts`` counts
+    this attempt) and the attempt's id, which every later word about it must carry."""
+
+    request: RequestRecord
+    attempt_id: str
+    lease_expires_at: float
+    worker_id: str
+
+
+@dataclass
+class LeaseReport:
+    """What renewing leases found: attempts no longer held by the worker (their request
+    ended or was given to another attempt: stop them), and attempts whose request a caller
+    asked to cancel."""
+
+    lost: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+
 class Store(Protocol):
-    """The durable state of requests.
+    """The durable state of requests; the queue of waiting work is its ``requests`` table.
 
     Writes are applied in the order they are made and return a future that resolves once
     the change is committed: await it where durability matters before answering a caller
-    (a new request, a result), drop it where a crash may lose the change harmlessly (an
-    attempt's start, log lines).
+    (a new request, a result), drop it where a crash may lose the change harmlessly (log
+    lines).
+
+    Every change to a running request is fenced by its attempt id: ``complete`` and
+    ``requeue`` change nothing (and say False) unless the attempt named is the request's
+    current one, so a worker that lost its lease can never record a late result.
     """
 
-    async def open(self) -> None: ...
+    shared: bool
+    """Whether several gateways may use the store at once (PostgreSQL) or only one
+    process (SQLite, locked)."""
+    notifier: Notifier
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations, under the store's lock)."""
+        ...
     async def close(self) -> None: ...
-    def add_request(self, record: RequestRecord) -> asyncio.Future[None]: ...
-    def start_attempt(self, request_id: str, attempt: int, attempt_id: str,
-                      runner_id: str, started_at: float) -> asyncio.Future[None]: ...
-    def end_attempt(self, request_id: str, attempt: int, finished_at: float,
-                    outcome: str, error_type: str | None) -> asyncio.Future[None]: ...
-    def requeue(self, request_id: str) -> asyncio.Future[None]: ...
+    async def schema_version(self) -> int: ...
+
+    # Requests and the queue
+    def add_request(self, record: RequestRecord,
+                    claim: Claim | None = None) -> asyncio.Future[None]:
+        """Store a new request; with ``claim``, as already claimed by that attempt (a direct
+        run handed straight to a free runner of this process)."""
+        ...
+    async def claim(self, endpoint_ids: Sequence[str], worker_id: str, *, limit: int,
+                    lease_seconds: float, now: float) -> list[Claim]:
+        """Take up to ``limit`` waiting requests of these endpoints, in priority then
+        arrival order, skipping those whose start deadline has passed and those whose key
+        already runs ``key_limit`` requests. Each gets a new attempt (recorded, with the
+        worker's id) and a lease until ``now + lease_seconds``; committed before return."""
+        ...
+    async def renew_leases(self, worker_id: str, attempt_ids: Sequence[str],
+                           until: float) -> LeaseReport: ...
+    async def lapsed(self, now: float, limit: int) -> list[Claim]:
+        """Running requests whose lease ran out before ``now`` (their worker died, froze
+        or lost the network): the caller ends their attempt as lost (``requeue`` or
+        ``complete`` with the attempt id)."""
+        ...
+    async def release_leases(self, owner_prefix: str) -> int:
+        """Make the leases of workers whose id starts with ``owner_prefix`` lapse now (the
+        runners of a server process that is gone)."""
+        ...
+    async def overdue(self, now: float, limit: int) -> list[RequestRecord]:
+        """Waiting requests whose start deadline (``X-Fal-Request-Timeout``) has passed."""
+        ...
+    def complete(self, request_id: str, outcome: Outcome, finished_at: float,
+                 webhook: WebhookTarget | None = None, *, attempt_id: str | None = None,
+                 attempt_outcome: str | None = None,
+                 keep_io: bool = True) -> asyncio.Future[bool]:
+        """Record the outcome (and queue its webhook in the same transaction). With
+        ``attempt_id``: only if it is the running attempt, which ends as
+        ``attempt_outcome``; without: only if the request is still waiting. Without
+        ``keep_io`` the request's input and result body are dropped (realtime frames)."""
+        ...
+    def requeue(self, request_id: str, attempt_id: str, finished_at: float,
+                attempt_outcome: str, error_type: str | None,
+                options: dict[str, Any] | None = None) -> asyncio.Future[bool]:
+        """End the running attempt ``attempt_id`` and put the request back in the queue
+        (with new ``options`` if given); False if that attempt is not the current one. An
+        ``UNSTARTED`` attempt is forgotten: its row goes, and it is not counted."""
+        ...
+    def request_cancel(self, request_id: str) -> asyncio.Future[None]: ...
     def set_options(self, request_id: str, options: dict[str, Any]) -> asyncio.Future[None]:
         """Replace the request's options (saved state from its runner among them)."""
         ...
-    def hand_back(self, request_id: str, attempt: int, finished_at: float,
-                  options: dict[str, Any]) -> asyncio.Future[None]:
-        """The server stopped before the attempt ended: back to the queue, the attempt
-        marked ``interrupted``; ``options`` records that it used up no retry."""
+    def set_live(self, request_id: str, progress: dict[str, Any] | None,
+                 partial: bytes | None) -> asyncio.Future[None]:
+        """The running request's newest progress and partial result (either may be None:
+        unchanged), for status readers on any gateway."""
         ...
     def add_logs(self, request_id: str, entries: list[LogEntry]) -> asyncio.Future[None]: ...
-    def complete(self, request_id: str, outcome: Outcome, finished_at: float,
-                 webhook: WebhookTarget | None = None) -> asyncio.Future[None]: ...
     async def get_request(self, request_id: str) -> RequestRecord | None: ...
-    async def get_logs(self, request_id: str) -> list[LogEntry]: ...
+    async def get_live(self, request_id: str) -> tuple[dict[str, Any] | None, bytes | None]: ...
+    async def get_logs(self, request_id: str, offset: int = 0) -> list[LogEntry]: ...
     async def get_attempts(self, request_id: str) -> list[dict[str, Any]]: ...
-    async def unfinished(self) -> list[RequestRecord]: ...
-    async def purge_finished_before(self, timestamp: float) -> int: ...
+    async def queue_position(self, request_id: str) -> int | None:
+        """Waiting requests of the same endpoints' queue ahead of this one; None unless it
+        waits."""
+        ...
+    async def waiting(self, endpoint_ids: Sequence[str]) -> int: ...
+    async def running_for_key(self, key_id: str) -> int: ...
+    async def purge_finished_before(self, timestamp: float) -> int:
+        """Delete requests finished before ``timestamp`` in small transactions (writes of
+        other requests go on between them); how many."""
+        ...
     async def request_id_for_attempt(self, attempt_id: str) -> str | None: ...
+
+    # API keys and usage
     def add_key(self, key: KeyRecord) -> asyncio.Future[None]: ...
     def revoke_key(self, key_id: str, revoked_at: float) -> asyncio.Future[None]: ...
     def set_key_concurrency(self, key_id: str, limit: int | None) -> asyncio.Future[None]: ...
     async def list_keys(self) -> list[KeyRecord]: ...
     async def usage(self, since: float, until: float) -> list[UsageRow]: ...
+
+    # Server secrets shared by every gateway (signing keys)
+    async def get_secret(self, name: str) -> bytes | None: ...
+    async def put_secret_once(self, name: str, value: bytes) -> bytes:
+        """Store ``value`` under ``name`` unless one is there; the stored value."""
+        ...
+
     # The webhook outbox (rows are added by ``complete``)
-    async def claim_due_webhooks(self, now: float, limit: int) -> list[WebhookRecord]: ...
+    async def claim_due_webhooks(self, now: float, limit: int,
+                                 lease_seconds: float) -> list[WebhookRecord]:
+        """Take up to ``limit`` webhooks that are due, or whose delivery lease lapsed (the
+        gateway delivering them died): each is ``delivering`` with a new attempt started
+        ``now``, leased until ``now + lease_seconds``."""
+        ...
+    async def release_webhook_leases(self) -> int:
+        """The one process owning the store starts: deliveries the last one had under way
+        were cut short; they are due again now, that attempt not held against them."""
+        ...
     def end_webhook_attempt(self, request_id: str, attempt: WebhookAttempt, state: str,
                             next_attempt_at: float | None) -> asyncio.Future[None]: ...
     async def redeliver_webhook(self, request_id: str, now: float) -> bool: ...
-    async def recover_webhooks(self, now: float) -> int: ...
     async def next_webhook_due(self) -> float | None: ...
     async def get_webhook(self, request_id: str) -> WebhookRecord | None: ...
     async def get_webhook_attempts(self, request_id: str) -> list[WebhookAttempt]: ...

@@ -21,15 +21,20 @@ import queue
 import socket
 import sqlite3
 import threading
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
+from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from openfal.errors import ConfigError
 from openfal.store.base import (
+    UNSTARTED,
+    Claim,
     KeyRecord,
+    LeaseReport,
     LogEntry,
     Mode,
     Outcome,
@@ -40,97 +45,20 @@ from openfal.store.base import (
     WebhookRecord,
     WebhookTarget,
 )
+from openfal.store.events import SingleProcessNotifier
+from openfal.store.migrations import migrations
 
 log = logging.getLogger(__name__)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS requests (
-    id TEXT PRIMARY KEY,
-    app_id TEXT NOT NULL,
-    endpoint_id TEXT NOT NULL,
-    path TEXT NOT NULL,
-    mode TEXT NOT NULL,
-    status TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    payload BLOB NOT NULL,
-    headers TEXT NOT NULL DEFAULT '{}',
-    options TEXT NOT NULL DEFAULT '{}',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
-    result_status INTEGER,
-    result_body BLOB,
-    result_headers TEXT,
-    error TEXT,
-    error_type TEXT,
-    inference_time REAL,
-    key_id TEXT,
-    billable_units REAL
-);
-CREATE INDEX IF NOT EXISTS requests_unfinished ON requests (created_at)
-    WHERE status != 'COMPLETED';
-CREATE INDEX IF NOT EXISTS requests_finished_at ON requests (finished_at);
-CREATE TABLE IF NOT EXISTS attempts (
-    request_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    attempt_id TEXT NOT NULL,
-    runner_id TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    outcome TEXT,
-    error_type TEXT,
-    PRIMARY KEY (request_id, attempt)
-);
-CREATE INDEX IF NOT EXISTS attempts_id ON attempts (attempt_id);
-CREATE TABLE IF NOT EXISTS api_keys (
-    id TEXT PRIMARY KEY,
-    secret_hash TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    name TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    revoked_at REAL,
-    max_concurrency INTEGER
-);
-CREATE TABLE IF NOT EXISTS logs (
-    request_id TEXT NOT NULL,
-    timestamp REAL NOT NULL,
-    level TEXT NOT NULL,
-    source TEXT NOT NULL,
-    message TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS logs_request ON logs (request_id);
-CREATE TABLE IF NOT EXISTS webhooks (
-    request_id TEXT PRIMARY KEY,
-    url TEXT NOT NULL,
-    user_id TEXT NOT NULL,
-    gateway_request_id TEXT NOT NULL,
-    state TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    tries INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL,
-    delivered_at REAL
-);
-CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (next_attempt_at) WHERE state = 'pending';
-CREATE TABLE IF NOT EXISTS webhook_attempts (
-    request_id TEXT NOT NULL,
-    attempt INTEGER NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    status_code INTEGER,
-    error TEXT,
-    duration REAL,
-    PRIMARY KEY (request_id, attempt)
-);
-"""
+MIGRATIONS = resources.files("openfal.store") / "migrations" / "sqlite"
 
 _BATCH_LIMIT = 1024
 Write = Callable[[sqlite3.Connection], None]
 T = TypeVar("T")
 _WEBHOOK_COLUMNS = ", ".join(f.name for f in fields(WebhookRecord))
 _WEBHOOK_ATTEMPT_COLUMNS = ", ".join(f.name for f in fields(WebhookAttempt))
-_INTERRUPTED = "interrupted: the server stopped during the attempt"
+_WAITING_SCAN = 64  # waiting rows a claim reads at a time while skipping keys at a limit
+_PURGE_BATCH = 500  # finished requests deleted per transaction
 
 
 def _connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -226,15 +154,15 @@ def _record(row: sqlite3.Row) -> RequestRecord:
         result_body=row["result_body"], result_headers=json.loads(row["result_headers"] or "{}"),
         error=row["error"], error_type=row["error_type"],
         inference_time=row["inference_time"], key_id=row["key_id"],
-        billable_units=row["billable_units"],
+        billable_units=row["billable_units"], attempt_id=row["attempt_id"],
+        cancel_requested=bool(row["cancel_requested"]),
     )
 
 
 def _add_webhook(conn: sqlite3.Connection, request_id: str, webhook: WebhookTarget,
                  now: float) -> None:
     """Queue a webhook, due now. Its ``gateway_request_id`` is the id of the request's last
-    attempt (all earlier writes are applied before this one), or the request's own id if it
-    never started."""
+    attempt, or the request's own id if it never started."""
     conn.execute(
         "INSERT OR IGNORE INTO webhooks (request_id, url, user_id, gateway_request_id, state,"
         " created_at, next_attempt_at) VALUES (?, ?, ?, COALESCE((SELECT attempt_id FROM"
@@ -242,19 +170,75 @@ def _add_webhook(conn: sqlite3.Connection, request_id: str, webhook: WebhookTarg
         (request_id, webhook.url, webhook.user_id, request_id, request_id, now, now))
 
 
+def _migrate(conn: sqlite3.Connection) -> int:
+    """Apply the migrations the database has not had; its schema version after."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version == 0 and conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name='requests'").fetchone():
+        version = 1  # made by the first release, which did not number its schema
+    for number, script in migrations(MIGRATIONS):
+        if number <= version:
+            continue
+        conn.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version={number};\nCOMMIT;")
+        log.info("store schema upgraded to version %d", number)
+        version = number
+    return version
+
+
+def _start_attempt(conn: sqlite3.Connection, request_id: str, attempt: int, attempt_id: str,
+                   worker_id: str, now: float, lease_until: float) -> None:
+    conn.execute(
+        "UPDATE requests SET status='IN_PROGRESS', attempts=?, attempt_id=?, lease_owner=?,"
+        " lease_expires_at=?, started_at=COALESCE(started_at, ?) WHERE id=?",
+        (attempt, attempt_id, worker_id, lease_until, now, request_id))
+    conn.execute(
+        "INSERT OR REPLACE INTO attempts (request_id, attempt, attempt_id, runner_id,"
+        " started_at) VALUES (?,?,?,?,?)",
+        (request_id, attempt, attempt_id, worker_id, now))
+
+
+def _end_running_attempt(conn: sqlite3.Connection, request_id: str, attempt_id: str,
+                         finished_at: float, outcome: str, error_type: str | None) -> bool:
+    """End the request's running attempt if it is ``attempt_id``; False if not (stale)."""
+    if conn.execute("SELECT 1 FROM requests WHERE id=? AND status='IN_PROGRESS'"
+                    " AND attempt_id=?", (request_id, attempt_id)).fetchone() is None:
+        return False
+    conn.execute("UPDATE attempts SET finished_at=?, outcome=?, error_type=?"
+                 " WHERE request_id=? AND attempt_id=?",
+                 (finished_at, outcome, error_type, request_id, attempt_id))
+    return True
+
+
+def _forget_attempt(conn: sqlite3.Connection, request_id: str, attempt_id: str) -> None:
+    """An attempt that never began (``UNSTARTED``): gone, and not counted."""
+    conn.execute("DELETE FROM attempts WHERE request_id=? AND attempt_id=?",
+                 (request_id, attempt_id))
+    conn.execute(
+        "UPDATE requests SET attempts=attempts-1, attempt_id=(SELECT attempt_id"
+        " FROM attempts WHERE request_id=? ORDER BY attempt DESC LIMIT 1),"
+        " started_at=CASE WHEN attempts=1 THEN NULL ELSE started_at END"
+        " WHERE id=?", (request_id, request_id))
+
+
 class SQLiteStore:
+    """The embedded store. One process at a time (``lock``), so events stay in-process."""
+
+    shared = False
+
     def __init__(self, path: Path, durability: str = "normal"):
         self.path = path
         self.synchronous = {"normal": "NORMAL", "full": "FULL"}[durability]
+        self.notifier = SingleProcessNotifier()
         self._writer: _Writer | None = None
         self._readers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="openfal-store-read")
         self._local = threading.local()
         self._lock_fd: int | None = None
+        self._version = 0
 
     def lock(self) -> None:
         """Claim the database for this process. SQLite would let two servers share the
-        file, and both would then run the same unfinished requests: the second one to
-        start is refused, told which process holds it. The lock dies with its process."""
+        file, and both would then serve the same requests: the second one to start is
+        refused, told which process holds it. The lock dies with its process."""
         if self._lock_fd is not None:
             return
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -284,8 +268,10 @@ class SQLiteStore:
 
     async def open(self) -> None:
         self.lock()
+        # Private from the first byte: the store holds inputs, results and secrets.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = _connect(self.path, self.synchronous)
-        conn.executescript(SCHEMA)
+        self._version = _migrate(conn)
         self._writer = _Writer(conn, asyncio.get_running_loop())
         self._writer.start()
 
@@ -297,87 +283,221 @@ class SQLiteStore:
         self._readers.shutdown(wait=True)
         self._unlock()
 
+    async def schema_version(self) -> int:
+        return self._version
+
     # Writes
-    def _write(self, sql: str, params: tuple | list) -> asyncio.Future[None]:
+    def _submit(self, write: Write) -> asyncio.Future[None]:
         assert self._writer is not None, "store is not open"
-        return self._writer.submit(lambda conn: conn.execute(sql, params))
-
-    def add_request(self, record: RequestRecord) -> asyncio.Future[None]:
-        return self._write(
-            "INSERT INTO requests (id, app_id, endpoint_id, path, mode, status, priority,"
-            " payload, headers, options, attempts, created_at, started_at, finished_at,"
-            " result_status, result_body, result_headers, error, error_type, inference_time,"
-            " key_id, billable_units) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (record.id, record.app_id, record.endpoint_id, record.path, record.mode.value,
-             record.status.value, record.priority, record.payload,
-             json.dumps(record.headers), json.dumps(record.options), record.attempts,
-             record.created_at, record.started_at, record.finished_at, record.result_status,
-             record.result_body, json.dumps(record.result_headers), record.error,
-             record.error_type, record.inference_time, record.key_id, record.billable_units))
-
-    def start_attempt(self, request_id: str, attempt: int, attempt_id: str,
-                      runner_id: str, started_at: float) -> asyncio.Future[None]:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE requests SET status='IN_PROGRESS', attempts=?,"
-                " started_at=COALESCE(started_at, ?) WHERE id=?",
-                (attempt, started_at, request_id))
-            conn.execute(
-                "INSERT OR REPLACE INTO attempts (request_id, attempt, attempt_id, runner_id,"
-                " started_at) VALUES (?,?,?,?,?)",
-                (request_id, attempt, attempt_id, runner_id, started_at))
-        assert self._writer is not None
         return self._writer.submit(write)
 
-    def end_attempt(self, request_id: str, attempt: int, finished_at: float,
-                    outcome: str, error_type: str | None) -> asyncio.Future[None]:
-        return self._write(
-            "UPDATE attempts SET finished_at=?, outcome=?, error_type=?"
-            " WHERE request_id=? AND attempt=?",
-            (finished_at, outcome, error_type, request_id, attempt))
+    def _write(self, sql: str, params: tuple | list) -> asyncio.Future[None]:
+        return self._submit(lambda conn: conn.execute(sql, params))
 
-    def requeue(self, request_id: str) -> asyncio.Future[None]:
-        return self._write("UPDATE requests SET status='IN_QUEUE' WHERE id=?", (request_id,))
+    def _write_returning(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """Apply ``fn`` as a write; resolves to what it returned once committed. (After a
+        failed batch a write is applied again on its own: the last application counts.)"""
+        results: list[T] = []
+        done = self._submit(lambda conn: results.append(fn(conn)))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def resolve(committed: asyncio.Future[None]) -> None:
+            if future.done():
+                return
+            if committed.exception() is not None:
+                future.set_exception(committed.exception())
+                future.add_done_callback(lambda f: f.exception())
+            else:
+                future.set_result(results[-1])
+        done.add_done_callback(resolve)
+        return future
+
+    def add_request(self, record: RequestRecord,
+                    claim: Claim | None = None) -> asyncio.Future[None]:
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO requests (id, app_id, endpoint_id, path, mode, status, priority,"
+                " payload, headers, options, attempts, created_at, started_at, finished_at,"
+                " result_status, result_body, result_headers, error, error_type,"
+                " inference_time, key_id, billable_units, key_limit, start_deadline)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (record.id, record.app_id, record.endpoint_id, record.path, record.mode.value,
+                 record.status.value, record.priority, record.payload,
+                 json.dumps(record.headers), json.dumps(record.options), record.attempts,
+                 record.created_at, record.started_at, record.finished_at,
+                 record.result_status, record.result_body, json.dumps(record.result_headers),
+                 record.error, record.error_type, record.inference_time, record.key_id,
+                 record.billable_units, record.options.get("key_limit"),
+                 record.options.get("start_deadline")))
+            if claim is not None:
+                _start_attempt(conn, record.id, claim.request.attempts, claim.attempt_id,
+                               claim.worker_id, claim.request.started_at or record.created_at,
+                               claim.lease_expires_at)
+        return self._submit(write)
+
+    async def claim(self, endpoint_ids: Sequence[str], worker_id: str, *, limit: int,
+                    lease_seconds: float, now: float) -> list[Claim]:
+        if limit <= 0 or not endpoint_ids:
+            return []
+        marks = ",".join("?" * len(endpoint_ids))
+        waiting = (f"SELECT * FROM requests WHERE status='IN_QUEUE' AND endpoint_id IN ({marks})"
+                   " AND (start_deadline IS NULL OR start_deadline > ?)"
+                   " ORDER BY priority, created_at, rowid LIMIT ? OFFSET ?")
+
+        def write(conn: sqlite3.Connection) -> list[Claim]:
+            conn.row_factory = sqlite3.Row
+            try:
+                return self._claim_rows(conn, waiting, [*endpoint_ids, now], worker_id,
+                                        limit, now, now + lease_seconds)
+            finally:
+                conn.row_factory = None
+        return await self._write_returning(write)
+
+    @staticmethod
+    def _claim_rows(conn: sqlite3.Connection, waiting: str, params: list[Any], worker_id: str,
+                    limit: int, now: float, lease_until: float) -> list[Claim]:
+        claims: list[Claim] = []
+        running: dict[str, int] = {}
+        offset = 0
+        while len(claims) < limit:
+            rows = conn.execute(waiting, (*params, _WAITING_SCAN, offset)).fetchall()
+            offset += len(rows)
+            for row in rows:
+                key, key_limit = row["key_id"], row["key_limit"]
+                if key is not None and key_limit is not None:
+                    if key not in running:
+                        running[key] = conn.execute(
+                            "SELECT COUNT(*) FROM requests WHERE status='IN_PROGRESS'"
+                            " AND key_id=?", (key,)).fetchone()[0]
+                    if running[key] >= key_limit:
+                        continue
+                    running[key] += 1
+                record = _record(row)
+                record.attempts += 1
+                record.status = Status.IN_PROGRESS
+                record.started_at = record.started_at or now
+                attempt_id = record.attempt_id = str(uuid.uuid4())
+                _start_attempt(conn, record.id, record.attempts, attempt_id, worker_id, now,
+                               lease_until)
+                claims.append(Claim(record, attempt_id, lease_until, worker_id))
+                offset -= 1  # claimed, it no longer waits: the next page starts one earlier
+                if len(claims) == limit:
+                    break
+            if len(rows) < _WAITING_SCAN:
+                break
+        return claims
+
+    async def renew_leases(self, worker_id: str, attempt_ids: Sequence[str],
+                           until: float) -> LeaseReport:
+        def write(conn: sqlite3.Connection) -> LeaseReport:
+            report = LeaseReport()
+            for attempt_id in attempt_ids:
+                row = conn.execute(
+                    "SELECT cancel_requested FROM requests WHERE attempt_id=?"
+                    " AND status='IN_PROGRESS' AND lease_owner=?",
+                    (attempt_id, worker_id)).fetchone()
+                if row is None:
+                    report.lost.append(attempt_id)
+                    continue
+                conn.execute("UPDATE requests SET lease_expires_at=? WHERE attempt_id=?",
+                             (until, attempt_id))
+                if row[0]:
+                    report.cancelled.append(attempt_id)
+            return report
+        return await self._write_returning(write)
+
+    async def lapsed(self, now: float, limit: int) -> list[Claim]:
+        def read(conn: sqlite3.Connection) -> list[Claim]:
+            rows = conn.execute(
+                "SELECT * FROM requests WHERE status='IN_PROGRESS' AND lease_expires_at < ?"
+                " ORDER BY lease_expires_at LIMIT ?", (now, limit)).fetchall()
+            return [Claim(_record(row), row["attempt_id"], row["lease_expires_at"],
+                          row["lease_owner"]) for row in rows]
+        return await self._read(read)
+
+    async def release_leases(self, owner_prefix: str) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE requests SET lease_expires_at=0 WHERE status='IN_PROGRESS'"
+                " AND substr(lease_owner, 1, ?)=?",
+                (len(owner_prefix), owner_prefix)).rowcount
+        return await self._write_returning(write)
+
+    async def overdue(self, now: float, limit: int) -> list[RequestRecord]:
+        def read(conn: sqlite3.Connection) -> list[RequestRecord]:
+            rows = conn.execute(
+                "SELECT * FROM requests WHERE status='IN_QUEUE' AND start_deadline IS NOT NULL"
+                " AND start_deadline <= ? LIMIT ?", (now, limit)).fetchall()
+            return [_record(row) for row in rows]
+        return await self._read(read)
+
+    def complete(self, request_id: str, outcome: Outcome, finished_at: float,
+                 webhook: WebhookTarget | None = None, *, attempt_id: str | None = None,
+                 attempt_outcome: str | None = None,
+                 keep_io: bool = True) -> asyncio.Future[bool]:
+        """Record the outcome and, if the request asked for one, queue its webhook in the
+        same transaction: a crash never leaves a completed request without its webhook."""
+        def write(conn: sqlite3.Connection) -> bool:
+            if attempt_id is None:
+                fence = "status='IN_QUEUE'"
+            elif _end_running_attempt(conn, request_id, attempt_id, finished_at,
+                                      attempt_outcome or "ok", outcome.error_type):
+                fence = "status='IN_PROGRESS'"
+            else:
+                return False
+            if attempt_id is not None and attempt_outcome == UNSTARTED:
+                _forget_attempt(conn, request_id, attempt_id)
+            changed = conn.execute(
+                "UPDATE requests SET status='COMPLETED', finished_at=?, result_status=?,"
+                " result_body=?, result_headers=?, error=?, error_type=?, inference_time=?,"
+                " billable_units=?, lease_owner=NULL, lease_expires_at=NULL,"
+                " latest_partial=NULL, payload=CASE WHEN ? THEN payload ELSE x'' END"
+                f" WHERE id=? AND {fence}",
+                (finished_at, outcome.status, outcome.body if keep_io else None,
+                 json.dumps(outcome.headers), outcome.error, outcome.error_type,
+                 outcome.inference_time, outcome.billable_units, keep_io,
+                 request_id)).rowcount
+            if changed and webhook is not None:
+                _add_webhook(conn, request_id, webhook, finished_at)
+            return bool(changed)
+        return self._write_returning(write)
+
+    def requeue(self, request_id: str, attempt_id: str, finished_at: float,
+                attempt_outcome: str, error_type: str | None,
+                options: dict[str, Any] | None = None) -> asyncio.Future[bool]:
+        def write(conn: sqlite3.Connection) -> bool:
+            if not _end_running_attempt(conn, request_id, attempt_id, finished_at,
+                                        attempt_outcome, error_type):
+                return False
+            conn.execute(
+                "UPDATE requests SET status='IN_QUEUE', lease_owner=NULL,"
+                " lease_expires_at=NULL, progress=NULL, latest_partial=NULL,"
+                " options=COALESCE(?, options) WHERE id=?",
+                (None if options is None else json.dumps(options), request_id))
+            if attempt_outcome == UNSTARTED:
+                _forget_attempt(conn, request_id, attempt_id)
+            return True
+        return self._write_returning(write)
+
+    def request_cancel(self, request_id: str) -> asyncio.Future[None]:
+        return self._write("UPDATE requests SET cancel_requested=1 WHERE id=?", (request_id,))
 
     def set_options(self, request_id: str, options: dict[str, Any]) -> asyncio.Future[None]:
         return self._write("UPDATE requests SET options=? WHERE id=?",
                            (json.dumps(options), request_id))
 
-    def hand_back(self, request_id: str, attempt: int, finished_at: float,
-                  options: dict[str, Any]) -> asyncio.Future[None]:
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE attempts SET finished_at=?, outcome='interrupted',"
-                " error_type='server_shutdown' WHERE request_id=? AND attempt=?",
-                (finished_at, request_id, attempt))
-            conn.execute("UPDATE requests SET status='IN_QUEUE', options=? WHERE id=?",
-                         (json.dumps(options), request_id))
-        assert self._writer is not None
-        return self._writer.submit(write)
+    def set_live(self, request_id: str, progress: dict[str, Any] | None,
+                 partial: bytes | None) -> asyncio.Future[None]:
+        return self._write(
+            "UPDATE requests SET progress=COALESCE(?, progress),"
+            " latest_partial=COALESCE(?, latest_partial) WHERE id=? AND status='IN_PROGRESS'",
+            (None if progress is None else json.dumps(progress), partial, request_id))
 
     def add_logs(self, request_id: str, entries: list[LogEntry]) -> asyncio.Future[None]:
         rows = [(request_id, e.timestamp, e.level, e.source, e.message) for e in entries]
-        assert self._writer is not None
-        return self._writer.submit(lambda conn: conn.executemany(
+        return self._submit(lambda conn: conn.executemany(
             "INSERT INTO logs (request_id, timestamp, level, source, message)"
             " VALUES (?,?,?,?,?)", rows))
-
-    def complete(self, request_id: str, outcome: Outcome, finished_at: float,
-                 webhook: WebhookTarget | None = None) -> asyncio.Future[None]:
-        """Record the outcome and, if the request asked for one, queue its webhook in the
-        same transaction: a crash never leaves a completed request without its webhook."""
-        def write(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "UPDATE requests SET status='COMPLETED', finished_at=?, result_status=?,"
-                " result_body=?, result_headers=?, error=?, error_type=?, inference_time=?,"
-                " billable_units=? WHERE id=?",
-                (finished_at, outcome.status, outcome.body, json.dumps(outcome.headers),
-                 outcome.error, outcome.error_type,
-                 outcome.inference_time, outcome.billable_units, request_id))
-            if webhook is not None:
-                _add_webhook(conn, request_id, webhook, finished_at)
-        assert self._writer is not None
-        return self._writer.submit(write)
 
     # Reads
     def _reader(self) -> sqlite3.Connection:
@@ -388,9 +508,15 @@ class SQLiteStore:
             self._local.conn = conn
         return conn
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    async def _scalar(self, sql: str, params: tuple | list) -> Any:
+        def read(conn: sqlite3.Connection) -> Any:
+            row = conn.execute(sql, params).fetchone()
+            return row[0] if row else None
+        return await self._read(read)
 
     async def get_request(self, request_id: str) -> RequestRecord | None:
         def read(conn: sqlite3.Connection) -> RequestRecord | None:
@@ -398,11 +524,20 @@ class SQLiteStore:
             return _record(row) if row else None
         return await self._read(read)
 
-    async def get_logs(self, request_id: str) -> list[LogEntry]:
+    async def get_live(self, request_id: str) -> tuple[dict[str, Any] | None, bytes | None]:
+        def read(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, bytes | None]:
+            row = conn.execute("SELECT progress, latest_partial FROM requests WHERE id=?",
+                               (request_id,)).fetchone()
+            if row is None:
+                return None, None
+            return (json.loads(row[0]) if row[0] else None), row[1]
+        return await self._read(read)
+
+    async def get_logs(self, request_id: str, offset: int = 0) -> list[LogEntry]:
         def read(conn: sqlite3.Connection) -> list[LogEntry]:
             rows = conn.execute(
                 "SELECT message, level, source, timestamp FROM logs WHERE request_id=?"
-                " ORDER BY rowid", (request_id,)).fetchall()
+                " ORDER BY rowid LIMIT -1 OFFSET ?", (request_id, offset)).fetchall()
             return [LogEntry(r["message"], r["level"], r["source"], r["timestamp"])
                     for r in rows]
         return await self._read(read)
@@ -414,19 +549,27 @@ class SQLiteStore:
             return [dict(r) for r in rows]
         return await self._read(read)
 
-    async def unfinished(self) -> list[RequestRecord]:
-        def read(conn: sqlite3.Connection) -> list[RequestRecord]:
-            rows = conn.execute("SELECT * FROM requests WHERE status != 'COMPLETED'"
-                                " ORDER BY created_at").fetchall()
-            return [_record(r) for r in rows]
-        return await self._read(read)
+    async def queue_position(self, request_id: str) -> int | None:
+        return await self._scalar(
+            "SELECT (SELECT COUNT(*) FROM requests o WHERE o.status='IN_QUEUE'"
+            " AND o.app_id=r.app_id AND (o.priority < r.priority OR (o.priority=r.priority"
+            " AND (o.created_at < r.created_at OR (o.created_at=r.created_at"
+            " AND o.rowid < r.rowid))))) FROM requests r WHERE r.id=? AND r.status='IN_QUEUE'",
+            (request_id,))
+
+    async def waiting(self, endpoint_ids: Sequence[str]) -> int:
+        marks = ",".join("?" * len(endpoint_ids))
+        return await self._scalar(
+            f"SELECT COUNT(*) FROM requests WHERE status='IN_QUEUE' AND endpoint_id IN ({marks})",
+            list(endpoint_ids)) or 0
+
+    async def running_for_key(self, key_id: str) -> int:
+        return await self._scalar("SELECT COUNT(*) FROM requests WHERE status='IN_PROGRESS'"
+                                  " AND key_id=?", (key_id,)) or 0
 
     async def request_id_for_attempt(self, attempt_id: str) -> str | None:
-        def read(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT request_id FROM attempts WHERE attempt_id=?",
-                               (attempt_id,)).fetchone()
-            return row["request_id"] if row else None
-        return await self._read(read)
+        return await self._scalar("SELECT request_id FROM attempts WHERE attempt_id=?",
+                                  (attempt_id,))
 
     # API keys
     def add_key(self, key: KeyRecord) -> asyncio.Future[None]:
@@ -465,51 +608,68 @@ class SQLiteStore:
         return await self._read(read)
 
     async def purge_finished_before(self, timestamp: float) -> int:
-        def write(conn: sqlite3.Connection) -> None:
-            ids = "SELECT id FROM requests WHERE status='COMPLETED' AND finished_at < ?"
-            conn.execute(f"DELETE FROM logs WHERE request_id IN ({ids})", (timestamp,))
-            conn.execute(f"DELETE FROM attempts WHERE request_id IN ({ids})", (timestamp,))
-            conn.execute(f"DELETE FROM webhook_attempts WHERE request_id IN ({ids})",
-                         (timestamp,))
-            conn.execute(f"DELETE FROM webhooks WHERE request_id IN ({ids})", (timestamp,))
-            removed.append(conn.execute(
-                "DELETE FROM requests WHERE status='COMPLETED' AND finished_at < ?",
-                (timestamp,)).rowcount)
-        removed: list[int] = []
-        assert self._writer is not None
-        await self._writer.submit(write)
-        return removed[0]
+        def write(conn: sqlite3.Connection) -> int:
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM requests WHERE status='COMPLETED' AND finished_at < ? LIMIT ?",
+                (timestamp, _PURGE_BATCH))]
+            marks = ",".join("?" * len(ids))
+            for table, column in (("logs", "request_id"), ("attempts", "request_id"),
+                                  ("webhook_attempts", "request_id"),
+                                  ("webhooks", "request_id"), ("requests", "id")):
+                conn.execute(f"DELETE FROM {table} WHERE {column} IN ({marks})", ids)
+            return len(ids)
+        removed = 0
+        while (batch := await self._write_returning(write)) > 0:
+            removed += batch  # each batch is its own transaction: submits go on between
+            if batch < _PURGE_BATCH:
+                break
+        return removed
+
+    # Secrets shared by the gateways of this store
+    async def get_secret(self, name: str) -> bytes | None:
+        return await self._scalar("SELECT value FROM secrets WHERE name=?", (name,))
+
+    async def put_secret_once(self, name: str, value: bytes) -> bytes:
+        def write(conn: sqlite3.Connection) -> bytes:
+            conn.execute("INSERT OR IGNORE INTO secrets (name, value) VALUES (?, ?)",
+                         (name, value))
+            return conn.execute("SELECT value FROM secrets WHERE name=?", (name,)).fetchone()[0]
+        return await self._write_returning(write)
 
     # Webhook outbox
-    async def _write_returning(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Apply ``fn`` as a write; what it returned once committed. (After a failed batch
-        a write is applied again on its own: the last application is the committed one.)"""
-        results: list[T] = []
-        assert self._writer is not None
-        await self._writer.submit(lambda conn: results.append(fn(conn)))
-        return results[-1]
-
-    async def claim_due_webhooks(self, now: float, limit: int) -> list[WebhookRecord]:
-        """Mark up to ``limit`` due webhooks as delivering, each with a new attempt started
-        ``now``; they are not due again until that attempt ends (or the server restarts)."""
+    async def claim_due_webhooks(self, now: float, limit: int,
+                                 lease_seconds: float) -> list[WebhookRecord]:
         def write(conn: sqlite3.Connection) -> list[WebhookRecord]:
             rows = conn.execute(
-                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE state='pending'"
-                " AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
-                (now, limit)).fetchall()
+                f"SELECT {_WEBHOOK_COLUMNS} FROM webhooks WHERE (state='pending'"
+                " AND next_attempt_at <= ?) OR (state='delivering' AND lease_expires_at < ?)"
+                " ORDER BY next_attempt_at LIMIT ?", (now, now, limit)).fetchall()
             claimed = [WebhookRecord(*row) for row in rows]
             for record in claimed:
+                if record.state == "delivering":
+                    # Its gateway died mid-attempt: that attempt is not held against it.
+                    conn.execute("UPDATE webhook_attempts SET finished_at=?, error=?"
+                                 " WHERE request_id=? AND attempt=? AND finished_at IS NULL",
+                                 (now, "interrupted: the delivering server stopped",
+                                  record.request_id, record.attempts))
+                    record.tries -= 1
                 record.state, record.next_attempt_at = "delivering", None
                 record.attempts += 1
                 record.tries += 1
                 conn.execute(
                     "UPDATE webhooks SET state='delivering', attempts=?, tries=?,"
-                    " next_attempt_at=NULL WHERE request_id=?",
-                    (record.attempts, record.tries, record.request_id))
+                    " next_attempt_at=NULL, lease_expires_at=? WHERE request_id=?",
+                    (record.attempts, record.tries, now + lease_seconds, record.request_id))
                 conn.execute(
                     "INSERT INTO webhook_attempts (request_id, attempt, started_at)"
                     " VALUES (?,?,?)", (record.request_id, record.attempts, now))
             return claimed
+        return await self._write_returning(write)
+
+    async def release_webhook_leases(self) -> int:
+        def write(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE webhooks SET lease_expires_at=0"
+                                " WHERE state='delivering'").rowcount
         return await self._write_returning(write)
 
     def end_webhook_attempt(self, request_id: str, attempt: WebhookAttempt, state: str,
@@ -521,11 +681,12 @@ class SQLiteStore:
                 (attempt.finished_at, attempt.status_code, attempt.error, attempt.duration,
                  request_id, attempt.attempt))
             conn.execute(
-                "UPDATE webhooks SET state=?, next_attempt_at=?, delivered_at=CASE WHEN"
-                " ?='delivered' THEN ? ELSE delivered_at END WHERE request_id=?",
-                (state, next_attempt_at, state, attempt.finished_at, request_id))
-        assert self._writer is not None
-        return self._writer.submit(write)
+                "UPDATE webhooks SET state=?, next_attempt_at=?, lease_expires_at=NULL,"
+                " delivered_at=CASE WHEN ?='delivered' THEN ? ELSE delivered_at END"
+                " WHERE request_id=? AND attempts=?",
+                (state, next_attempt_at, state, attempt.finished_at, request_id,
+                 attempt.attempt))
+        return self._submit(write)
 
     async def redeliver_webhook(self, request_id: str, now: float) -> bool:
         """Make a webhook due now with a fresh set of tries; False while an attempt of it
@@ -536,22 +697,10 @@ class SQLiteStore:
                 " WHERE request_id=? AND state != 'delivering'", (now, request_id)).rowcount == 1
         return await self._write_returning(write)
 
-    async def recover_webhooks(self, now: float) -> int:
-        """After a restart: attempts the previous process left unfinished are recorded as
-        interrupted, not counted against their webhook's tries, and made due now."""
-        def write(conn: sqlite3.Connection) -> int:
-            conn.execute("UPDATE webhook_attempts SET finished_at=?, error=?"
-                         " WHERE finished_at IS NULL", (now, _INTERRUPTED))
-            return conn.execute(
-                "UPDATE webhooks SET state='pending', tries=MAX(tries - 1, 0),"
-                " next_attempt_at=? WHERE state='delivering'", (now,)).rowcount
-        return await self._write_returning(write)
-
     async def next_webhook_due(self) -> float | None:
-        def read(conn: sqlite3.Connection) -> float | None:
-            return conn.execute("SELECT MIN(next_attempt_at) FROM webhooks"
-                                " WHERE state='pending'").fetchone()[0]
-        return await self._read(read)
+        return await self._scalar(
+            "SELECT MIN(COALESCE(next_attempt_at, lease_expires_at)) FROM webhooks"
+            " WHERE state IN ('pending', 'delivering')", ())
 
     async def get_webhook(self, request_id: str) -> WebhookRecord | None:
         def read(conn: sqlite3.Connection) -> WebhookRecord | None:

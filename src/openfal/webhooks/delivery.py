@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # How long the loop waits before going on after an unexpected failure of its own.
 _LOOP_FAILURE_PAUSE = 1.0
+_SHARED_POLL = 2.0  # with a shared store, how often to look for webhooks due
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ class DeliveryPolicy:
     base_delay: float = 15.0
     timeout: float = 15.0
     concurrency: int = 32
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed delivery is this gateway's: past it (the gateway died during
+        the attempt) another gateway makes the attempt again."""
+        return self.timeout + 30.0
 
     def next_attempt_at(self, tries: int, now: float) -> float | None:
         """When to try again after ``tries`` failed tries; None: give up."""
@@ -65,9 +72,13 @@ class WebhookDelivery:
         self._client: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        recovered = await self.store.recover_webhooks(time.time())
-        if recovered:
-            log.info("retrying %d webhook deliveries interrupted by the last stop", recovered)
+        if not self.store.shared:
+            # This process owns the store: deliveries the last one had under way were cut
+            # short (with a shared store, their leases lapse instead).
+            recovered = await self.store.release_webhook_leases()
+            if recovered:
+                log.info("retrying %d webhook deliveries interrupted by the last stop",
+                         recovered)
         # No proxies from the environment: the connection goes to the address checked.
         self._client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False,
                                          trust_env=False)
@@ -108,7 +119,8 @@ class WebhookDelivery:
     async def _claim_due(self) -> None:
         free = self.policy.concurrency - len(self._deliveries)
         if free > 0:
-            for webhook in await self.store.claim_due_webhooks(time.time(), free):
+            for webhook in await self.store.claim_due_webhooks(
+                    time.time(), free, self.policy.lease_seconds):
                 self._spawn(self._deliver(webhook))
 
     async def _sleep_until_due(self) -> None:
@@ -118,6 +130,9 @@ class WebhookDelivery:
         if len(self._deliveries) < self.policy.concurrency:
             due = await self.store.next_webhook_due()
             timeout = None if due is None else max(0.0, due - time.time())
+            if self.store.shared:
+                # Other gateways queue webhooks too, and only wake their own loops.
+                timeout = min(timeout if timeout is not None else _SHARED_POLL, _SHARED_POLL)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), timeout)
 

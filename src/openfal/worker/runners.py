@@ -1,4 +1,4 @@
-"""The gateway's handle on one runner process: spawn, talk to, stop."""
+"""A worker's handle on one runner process: spawn, talk to, stop."""
 
 from __future__ import annotations
 
@@ -12,10 +12,20 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from openfal.dispatcher.jobs import Attempt
-from openfal.runner.protocol import encode, read_message
+from openfal.runner.protocol import (
+    Message,
+    Ready,
+    RequestMessage,
+    SetupFailed,
+    Stop,
+    encode,
+    read_message,
+)
+
+if TYPE_CHECKING:
+    from openfal.worker.worker import Attempt
 
 
 class RunnerState(enum.StrEnum):
@@ -25,7 +35,7 @@ class RunnerState(enum.StrEnum):
     DRAINING = "draining"
 
 
-class SetupFailed(Exception):
+class RunnerSetupFailed(Exception):
     """A runner could not start. ``answer`` is the (status, body) the app gave as the reason,
     when it gave one: then no other runner would do better and requests fail at once."""
 
@@ -34,7 +44,7 @@ class SetupFailed(Exception):
         self.answer = answer
 
 
-OnMessage = Callable[["RunnerHandle", dict[str, Any]], None]
+OnMessage = Callable[["RunnerHandle", RequestMessage], None]
 OnExit = Callable[["RunnerHandle"], Awaitable[None] | None]
 
 
@@ -52,7 +62,7 @@ class RunnerHandle:
         self.hints: list[str] = []
         self.in_flight: dict[str, Attempt] = {}
         self.started_at = time.time()
-        self.idle_since = time.monotonic()
+        self.idle_timer: asyncio.TimerHandle | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -89,34 +99,33 @@ class RunnerHandle:
             first = await asyncio.wait_for(read_message(self._reader), startup_timeout)
         except TimeoutError:
             self.kill()
-            raise SetupFailed(f"setup() did not finish within {startup_timeout:g}s") from None
-        if first is None or first["t"] != "ready":
+            raise RunnerSetupFailed(f"setup() did not finish within {startup_timeout:g}s") from None
+        if not isinstance(first, Ready):
             self.kill()
-            if first is None:
-                raise SetupFailed("the runner exited during setup")
-            answer = (first["status"], first["body"]) if "status" in first else None
-            raise SetupFailed(first.get("error", "setup failed"), answer)
-        self.hints = first.get("hints") or []
+            if not isinstance(first, SetupFailed):
+                raise RunnerSetupFailed("the runner exited during setup")
+            answer = (first.status, first.body) if first.status is not None else None
+            raise RunnerSetupFailed(first.error, answer)
+        self.hints = first.hints
         self.ready = True
-        self.idle_since = time.monotonic()
 
     async def serve(self, on_message: OnMessage) -> None:
         """Deliver the runner's messages until it exits."""
         assert self._reader is not None
         while (message := await read_message(self._reader)) is not None:
-            on_message(self, message)
+            on_message(self, message)  # type: ignore[arg-type]  # a runner sends only these
         self.kill()
         if self._process is not None:
             await self._process.wait()
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: Message) -> None:
         if self._writer is not None and not self._writer.is_closing():
             self._writer.write(encode(message))
 
     def stop(self) -> None:
         """Let in-flight requests finish, then let the process exit on its own."""
         self.draining = True
-        self.send({"t": "stop"})
+        self.send(Stop())
 
     def kill(self) -> None:
         """Stop the process and everything it started, now. It takes no more work."""

@@ -1,0 +1,1 @@
+"""Workers: runner processes for some apps, and the loop that claims their work."""

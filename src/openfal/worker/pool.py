@@ -1,0 +1,213 @@
+"""One app's runners on a worker: claiming its work, placement, scaling, scale-to-zero."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+from openfal.app.registry import ServedApp
+from openfal.worker.link import Assignment
+from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
+
+if TYPE_CHECKING:
+    from openfal.worker.worker import Worker
+
+log = logging.getLogger(__name__)
+
+# After this many setups fail in a row, the app's waiting requests fail instead of waiting
+# for a runner that may never come.
+SETUP_FAILURE_LIMIT = 3
+CLAIM_WAIT_SECONDS = 10.0  # a claim with nothing to give waits this long for work
+ROOM_POLL_SECONDS = 1.0  # with work waiting and no free slot, how often demand is re-read
+
+
+class AppPool:
+    def __init__(self, app: ServedApp, worker: Worker):
+        self.app = app
+        self.config = app.cls
+        self.worker = worker
+        self.endpoint_ids = app.endpoint_ids()
+        self.runners: dict[str, RunnerHandle] = {}
+        self.demand = 0  # requests of this app waiting, as the last claim saw
+        self.setup_failures = 0
+        self.paused = False  # draining: nothing more is claimed or started
+        self._room = asyncio.Event()
+        self._spawn_blocked_until = 0.0
+        self._scale_scheduled = False
+        self._tasks: set[asyncio.Task] = set()
+        self._claiming: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._claiming = asyncio.get_running_loop().create_task(self._claim_loop())
+        self._track(self._claiming)
+        self._scale()
+
+    # Claiming
+    def free_slots(self) -> int:
+        return sum(r.max_multiplexing - len(r.in_flight) for r in self.runners.values()
+                   if r.has_capacity)
+
+    def busy(self) -> int:
+        return sum(len(r.in_flight) for r in self.runners.values())
+
+    def room_changed(self) -> None:
+        self._room.set()
+
+    async def _claim_loop(self) -> None:
+        while not self.paused:
+            free = self.free_slots()
+            starved = free == 0 and self.demand > 0
+            try:
+                reply = await self.worker.link.claim(
+                    self.worker.id, self.endpoint_ids, free,
+                    0.0 if starved else CLAIM_WAIT_SECONDS)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s: claiming work failed; trying again", self.app.app_id)
+                await asyncio.sleep(ROOM_POLL_SECONDS)
+                continue
+            if self.paused:
+                for assignment in reply.assignments:
+                    await self.worker.link.hand_back(assignment.attempt_id,
+                                                     assignment.request_id, False)
+                return
+            self.demand = reply.waiting
+            for assignment in reply.assignments:
+                self._place(assignment)
+            self._scale()
+            if self.free_slots() == 0 or (not reply.assignments and reply.waiting > 0):
+                # No room here (runners busy or starting), or the waiting requests' keys
+                # are at their limits: wait for a slot, then look again.
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
+
+    def _place(self, assignment: Assignment) -> None:
+        runner = self._pick_runner(assignment.runner_hint)
+        if runner is None:  # its runner went away since the claim: back, and start one
+            self._track(asyncio.get_running_loop().create_task(self.worker.link.hand_back(
+                assignment.attempt_id, assignment.request_id, False)))
+            self.demand += 1
+            return
+        self.worker.start_attempt(self, runner, assignment)
+
+    def _pick_runner(self, hint: str | None) -> RunnerHandle | None:
+        best: RunnerHandle | None = None
+        for runner in self.runners.values():
+            if not runner.has_capacity:
+                continue
+            if hint is not None and hint in runner.hints:
+                return runner
+            if best is None or len(runner.in_flight) < len(best.in_flight):
+                best = runner
+        return best
+
+    # Scaling
+    def _live_runners(self) -> list[RunnerHandle]:
+        return [r for r in self.runners.values() if not r.draining]
+
+    def _scale(self) -> None:
+        if self.paused:
+            return
+        needed = math.ceil((self.busy() + self.demand) / self.config.max_multiplexing)
+        target = min(max(self.config.min_concurrency, needed), self.config.max_concurrency)
+        missing = target - len(self._live_runners())
+        if missing <= 0:
+            return
+        delay = self._spawn_blocked_until - time.monotonic()
+        if delay > 0:
+            if not self._scale_scheduled:
+                self._scale_scheduled = True
+                asyncio.get_running_loop().call_later(delay, self._scale_after_backoff)
+            return
+        for _ in range(missing):
+            self._spawn()
+
+    def _scale_after_backoff(self) -> None:
+        self._scale_scheduled = False
+        self._scale()
+
+    def _spawn(self) -> None:
+        runner = RunnerHandle(self.app.app_id, self.app.ref, self.config.max_multiplexing,
+                              self.worker.runner_env)
+        self.runners[runner.id] = runner
+        self._track(asyncio.get_running_loop().create_task(self._run(runner)))
+
+    async def _run(self, runner: RunnerHandle) -> None:
+        try:
+            await runner.start(self.config.startup_timeout)
+        except RunnerSetupFailed as exc:
+            self.runners.pop(runner.id, None)
+            await self._setup_failed(exc)
+            return
+        except Exception as exc:
+            self.runners.pop(runner.id, None)
+            runner.kill()
+            await self._setup_failed(RunnerSetupFailed(f"could not start a runner: {exc!r}"))
+            return
+        self.setup_failures = 0
+        self.watch_idle(runner)
+        self.room_changed()
+        try:
+            await runner.serve(self.worker.on_runner_message)
+        except Exception:
+            log.exception("%s: lost runner %s", self.app.app_id, runner.id)
+        # Whatever ended it (short of shutting down), its requests end or are retried.
+        runner.kill()
+        self.runners.pop(runner.id, None)
+        self.worker.on_runner_exit(runner)
+        self.room_changed()
+        self._scale()
+
+    async def _setup_failed(self, failure: RunnerSetupFailed) -> None:
+        self.setup_failures += 1
+        log.error("%s: runner setup failed (%d in a row): %s", self.app.app_id,
+                  self.setup_failures, failure)
+        if failure.answer is not None or self.setup_failures >= SETUP_FAILURE_LIMIT:
+            self.setup_failures = 0
+            await self.worker.fail_waiting(self, failure)
+        else:
+            backoff = min(0.5 * 2 ** (self.setup_failures - 1), 30.0)
+            self._spawn_blocked_until = time.monotonic() + backoff
+        self._scale()
+
+    def watch_idle(self, runner: RunnerHandle) -> None:
+        """Stop the runner if it is still idle ``keep_alive`` seconds from now (one timer
+        per runner, moved at each idle moment)."""
+        if runner.in_flight:
+            return
+        if runner.idle_timer is not None:
+            runner.idle_timer.cancel()
+        runner.idle_timer = asyncio.get_running_loop().call_later(
+            self.config.keep_alive, self._reap, runner)
+
+    def _reap(self, runner: RunnerHandle) -> None:
+        runner.idle_timer = None
+        if (runner.id not in self.runners or runner.in_flight or runner.draining
+                or len(self._live_runners()) <= self.config.min_concurrency):
+            return
+        log.info("%s: runner %s idle for %gs, stopping", self.app.app_id, runner.id,
+                 self.config.keep_alive)
+        runner.stop()
+
+    def _track(self, task: asyncio.Task) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def pause(self) -> None:
+        """Claim and start nothing more (what a claim under way brings is handed back)."""
+        self.paused = True
+        self.room_changed()
+
+    async def shutdown(self) -> None:
+        self.paused = True
+        for runner in list(self.runners.values()):
+            runner.kill()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
