@@ -66,7 +66,9 @@ class PostgresServer:
                                f" {done.stderr.strip() or done.stdout.strip()}")
 
     @classmethod
-    def start(cls) -> PostgresServer:
+    def start(cls, durable: bool = False) -> PostgresServer:
+        """``durable``: commits wait for the disk, as in production (benchmarks); tests
+        need not."""
         root = Path(tempfile.mkdtemp(prefix="openfal-pg-"))
         server = cls(find_bindir(), root, _free_port())
         try:
@@ -77,8 +79,9 @@ class PostgresServer:
             server._run(str(server.bindir / "initdb"), "-D", str(server.data), "-U", "postgres",
                         "-A", "trust", "--no-sync")
             options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -k {root / 'sock'}"
-                       " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
                        " -c max_connections=300")
+            if not durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             server._run(str(server.bindir / "pg_ctl"), "-D", str(server.data),
                         "-l", str(root / "log"), "-w", "-o", options, "start")
         except BaseException:

@@ -27,7 +27,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "kubernetes"
@@ -353,26 +352,6 @@ def command_lines() -> Iterator[tuple[str, list[str]]]:
             yield f"{workload_name(workload)}/{container['name']}", arguments(container)
 
 
-def help_options(subcommand: list[str]) -> set[str]:
-    """The options `openfal SUBCOMMAND --help` lists (rich panels or click's plain layout)."""
-    from openfal.cli.main import app as cli_app  # here: the schema checks need no openfal
-
-    result = CliRunner().invoke(cli_app, [*subcommand, "--help"],
-                                env={"TERMINAL_WIDTH": "240", "COLUMNS": "240", "NO_COLOR": "1"})
-    assert result.exit_code == 0, (
-        f"openfal {' '.join(subcommand)} --help failed:\n{result.output}")
-    options = set()
-    for line in result.output.splitlines():
-        cells = line.strip().strip("│|").strip().split()
-        for cell in cells:  # "--tls --no-tls <bool> ..." / "-o, --output PATH ..."
-            if cell == "/":
-                continue
-            if not cell.startswith("-"):
-                break
-            options.add(cell.rstrip(","))
-    return options
-
-
 def click_options(subcommand: list[str]) -> dict[str, bool]:
     """Each option of SUBCOMMAND: whether it is a flag (takes no value)."""
     import typer.main
@@ -392,15 +371,15 @@ def click_options(subcommand: list[str]) -> dict[str, bool]:
 @pytest.mark.parametrize("name,argv", list(command_lines()),
                          ids=[name for name, _ in command_lines()])
 def test_manifest_commands_exist(name, argv):
-    """Fails until `openfal worker`, `openfal db upgrade` and serve's --store, --files and
-    --no-runners exist (they are being added)."""
+    """Every command line in the manifests names a real `openfal` subcommand and options
+    it has, each given a value where it takes one."""
     assert argv[0] == "openfal", f"{name}: runs {argv[0]!r}, not openfal"
     words = argv[1:]
     split = next((i for i, word in enumerate(words) if word.startswith("-")), len(words))
     subcommand, rest = words[:split], words[split:]
     assert subcommand, f"{name}: no openfal subcommand"
-    listed = help_options(subcommand)
     flags = click_options(subcommand)
+    listed = set(flags)
     i = 0
     while i < len(rest):
         word = rest[i]

@@ -157,6 +157,7 @@ class Platform:
         self.files = open_file_storage(settings.files_url, settings.data_dir)
         self.signer = Signer(b"")  # its secret is the store's, read at start
         self._files_gc: asyncio.Task[None] | None = None
+        self._keys_refresh: asyncio.Task[None] | None = None
         self.registry = Registry(owner=settings.owner)
         for ref in (BUILTIN_APPS if settings.builtin_apps else []) + settings.apps:
             self.registry.add(ref)
@@ -199,6 +200,8 @@ class Platform:
         await self.keyring.load()
         if self.settings.auth and not self.keyring.active():
             await self._create_first_admin_key()
+        if self.store.shared:  # other gateways make and revoke keys too
+            self._keys_refresh = asyncio.create_task(self.keyring.refresh_forever())
         self._files_gc = asyncio.create_task(
             collect_expired_forever(self.files, self.settings.file_gc_interval))
         await self.dispatcher.start()
@@ -240,10 +243,11 @@ class Platform:
         if self.worker is not None:
             await self.worker.stop()
         await self.dispatcher.stop()
-        if self._files_gc is not None:
-            self._files_gc.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._files_gc
+        for task in (self._files_gc, self._keys_refresh):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.store.close()
 
 

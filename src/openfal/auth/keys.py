@@ -3,13 +3,18 @@
 Secrets are random (192 bits) and stored only as SHA-256 hashes; a slow password hash buys
 nothing for secrets nobody chose. The keyring holds every key in memory, so checking a key
 costs no database read on the request path; changes go through it and the store together.
+With a store shared by several gateways, the others' changes reach it by reading the keys
+again: at once for a key it does not know (one made on another gateway a moment ago), and
+every few seconds for revocations and limits (``refresh_forever``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import hmac
+import logging
 import secrets
 import time
 import uuid
@@ -18,6 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from openfal.store.base import KeyRecord, Store
+
+log = logging.getLogger(__name__)
+
+# With a shared store: how often the keys are read again, for changes made elsewhere.
+REFRESH_SECONDS = 2.0
 
 
 class Scope(enum.StrEnum):
@@ -68,9 +78,46 @@ class Keyring:
         self._keys: dict[str, KeyRecord] = {}
         # Called when a key is revoked: its live realtime sessions end.
         self._on_revoke: defaultdict[str, set[Callable[[], None]]] = defaultdict(set)
+        # Reads and this keyring's own changes one at a time, so that a read begun before a
+        # change was committed cannot undo it here.
+        self._lock = asyncio.Lock()
+        self._loaded_at = -1.0  # when the last read of the keys began (monotonic)
 
     async def load(self) -> None:
-        self._keys = {key.id: key for key in await self.store.list_keys()}
+        """Read every key from the store (again): keys revoked elsewhere since the last
+        read end their sessions here too."""
+        async with self._lock:
+            await self._load()
+
+    async def _load(self) -> None:
+        self._loaded_at = time.monotonic()
+        keys = {key.id: key for key in await self.store.list_keys()}
+        for key_id, key in keys.items():
+            known = self._keys.get(key_id)
+            if key.revoked_at is not None and known is not None and known.revoked_at is None:
+                self._revoked(key_id)
+        self._keys = keys
+
+    async def look_up(self, key_id: str) -> None:
+        """Before checking a key this keyring does not know: with a shared store, read the
+        keys again (another gateway may have just made it). Callers that miss at once
+        share one read; a read is only skipped if one began after the caller asked."""
+        if key_id in self._keys or not self.store.shared:
+            return
+        asked = time.monotonic()
+        async with self._lock:
+            if self._loaded_at < asked:
+                await self._load()
+
+    async def refresh_forever(self, interval: float = REFRESH_SECONDS) -> None:
+        """With a shared store: read the keys every ``interval`` seconds, so that what other
+        gateways revoke or limit applies here too (a failed read is logged and retried)."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.load()
+            except Exception:  # a background loop: the next round may well succeed
+                log.exception("reading the API keys failed; trying again")
 
     def active(self) -> list[KeyRecord]:
         return [key for key in self._keys.values() if key.revoked_at is None]
@@ -84,20 +131,26 @@ class Keyring:
         key_id, secret = str(uuid.uuid4()), secrets.token_urlsafe(24)
         record = KeyRecord(id=key_id, secret_hash=hash_secret(secret), scope=scope.value,
                            name=name, created_at=time.time(), max_concurrency=max_concurrency)
-        await self.store.add_key(record)
-        self._keys[key_id] = record
+        async with self._lock:
+            await self.store.add_key(record)
+            self._keys[key_id] = record
         return record, f"{key_id}:{secret}"
 
     async def revoke(self, key_id: str) -> bool:
-        key = self._keys.get(key_id)
-        if key is None or key.revoked_at is not None:
-            return False
-        revoked_at = time.time()
-        await self.store.revoke_key(key_id, revoked_at)
-        key.revoked_at = revoked_at
+        await self.look_up(key_id)
+        async with self._lock:
+            key = self._keys.get(key_id)
+            if key is None or key.revoked_at is not None:
+                return False
+            revoked_at = time.time()
+            await self.store.revoke_key(key_id, revoked_at)
+            key.revoked_at = revoked_at
+        self._revoked(key_id)
+        return True
+
+    def _revoked(self, key_id: str) -> None:
         for callback in self._on_revoke.pop(key_id, set()):
             callback()
-        return True
 
     def on_revoke(self, key_id: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call ``callback`` when the key is revoked; returns a function that cancels it."""
@@ -112,11 +165,13 @@ class Keyring:
         return cancel
 
     async def set_concurrency(self, key_id: str, limit: int | None) -> bool:
-        key = self._keys.get(key_id)
-        if key is None:
-            return False
-        await self.store.set_key_concurrency(key_id, limit)
-        key.max_concurrency = limit
+        await self.look_up(key_id)
+        async with self._lock:
+            key = self._keys.get(key_id)
+            if key is None:
+                return False
+            await self.store.set_key_concurrency(key_id, limit)
+            key.max_concurrency = limit
         return True
 
     def authenticate(self, header: str) -> Principal:

@@ -23,12 +23,13 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from openfal.app.registry import Registry, ServedApp
 from openfal.dispatcher.jobs import Job, Priority, may_retry
+from openfal.dispatcher.positions import QueuePositions
 from openfal.runner.protocol import Log, Partial, Progress, Result, SavedState
 from openfal.store.base import (
     UNSTARTED,
@@ -59,6 +60,7 @@ log = logging.getLogger(__name__)
 RECENT_LIMIT = 4096
 RECENT_MAX_BYTES = 256 * 1024  # one request's input and result
 RECENT_TOTAL_BYTES = 64 * 1024 * 1024
+WAITING_COUNT_CAP = 4096  # a worker scales on how much waits, up to this many
 ANY_ENDPOINT = "*"  # a WorkAdded for every endpoint: a key's slot was freed
 
 # Runner answers that mean "this runner is unwell, try another": the hosted platform's rule.
@@ -129,6 +131,8 @@ class Dispatcher:
         self.lease_seconds = lease_seconds
         self.max_waiting_direct_per_key = max_waiting_direct_per_key
         self.jobs: dict[str, Job] = {}
+        # Positions kept here when this process owns the store; None: asked of the store.
+        self.positions = QueuePositions() if not store.shared else None
         # Direct runs waiting for a runner per API key (bounded: abandoned callers are
         # cancelled, but a flood of live ones must not starve everyone else).
         self.waiting_direct_by_key: Counter[str] = Counter()
@@ -137,6 +141,11 @@ class Dispatcher:
         self.recent: OrderedDict[str, tuple[RequestRecord, list[LogEntry]]] = OrderedDict()
         self._recent_bytes = 0
         self._parked: list[_ParkedClaim] = []
+        # Endpoints whose waiting work may not all have been claimed: set when work is added
+        # (here, or another gateway's WorkAdded), cleared by a claim that took less than it
+        # asked. A claim for endpoints with no mark skips the store; a claim that waited its
+        # whole time looks anyway (another gateway's event may have been lost).
+        self._may_wait: dict[str, bool] = {}
         # Workers whose lease lapsed (dead, frozen or cut off): no new work for them until
         # they renew again, or a frozen worker's waiting claim would take the retry too.
         self._silent_workers: set[str] = set()
@@ -149,6 +158,9 @@ class Dispatcher:
     # Lifecycle
     async def start(self) -> None:
         self._unlisten = self.store.notifier.listen(self._on_event)
+        if self.positions is not None:
+            for record in await self.store.waiting_requests():
+                self.positions.add(record)
         if not self.store.shared:
             # This process owns the store: the runners of the one before it are gone, so
             # their leases have lapsed already (the reaper retries their requests now).
@@ -177,12 +189,14 @@ class Dispatcher:
         """Accept a queued request: returns once it is committed to the store."""
         self._check_accepting()
         if max_queue_length is not None:
-            waiting = await self.store.waiting(self._app_endpoints(job.app_id))
+            waiting = await self.store.waiting(self._app_endpoints(job.app_id),
+                                               max_queue_length)
             if waiting >= max_queue_length:
                 raise QueueFull(waiting)
-        await self.store.add_request(job.to_record())
+        record = job.to_record()
+        await self.store.add_request(record)
         self.jobs[job.id] = job
-        self._work_added(job.endpoint_id)
+        self._waits(record)
 
     async def start_direct(self, job: Job) -> asyncio.Future[Outcome]:
         """Run a request now, ahead of queued work and never retried; the future resolves
@@ -194,8 +208,9 @@ class Dispatcher:
         claim = self._hand_to_parked(job)
         if claim is None:
             self._count_waiting(job)
-            await self.store.add_request(job.to_record())
-            self._work_added(job.endpoint_id)
+            record = job.to_record()
+            await self.store.add_request(record)
+            self._waits(record)
         else:
             self.store.add_request(claim.request, claim)
         return job.done
@@ -260,8 +275,17 @@ class Dispatcher:
             await self._refresh(job)  # it may have changed while being read
         return job
 
-    async def queue_position(self, job: Job) -> int | None:
-        return await self.store.queue_position(job.id)
+    async def queue_position(self, request_id: str) -> int | None:
+        """Waiting requests of the same app ahead of this one; None unless it waits."""
+        if self.positions is not None:
+            return self.positions.position(request_id)
+        return await self.store.queue_position(request_id)
+
+    def _waits(self, record: RequestRecord) -> None:
+        """The request waits in the queue (new, or back for another attempt)."""
+        if self.positions is not None:
+            self.positions.add(record)
+        self._work_added(record.endpoint_id)
 
     # The work API: what workers call (this gateway's own runners directly, remote
     # workers through gateway/worker_routes.py)
@@ -269,13 +293,15 @@ class Dispatcher:
                     wait: float) -> ClaimReply:
         claims = await self._claim_now(worker_id, endpoint_ids, limit)
         waiting = await self._waiting_after(endpoint_ids, limit, claims)
-        if not claims and not waiting and wait > 0 and self.accepting:
+        if (not claims and not waiting and wait > 0 and self.accepting
+                and not self._work_marked(endpoint_ids)):
             parked = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
             self._parked.append(parked)
             try:
                 handed = await asyncio.wait_for(parked.future, wait)
             except TimeoutError:
                 handed = None
+                self._mark_work(endpoint_ids)
             finally:
                 with contextlib.suppress(ValueError):
                     self._parked.remove(parked)
@@ -287,17 +313,33 @@ class Dispatcher:
     async def _waiting_after(self, endpoint_ids: list[str], limit: int,
                              claims: list[Claim]) -> int:
         """What still waits, when it matters to the worker's scaling: it asked for no work,
-        or took all it asked for (fewer: nothing more it could take waits)."""
+        or took all it asked for (fewer: nothing more it could take waits), and work may
+        wait at all."""
+        if not self._work_marked(endpoint_ids):
+            return 0
         if limit == 0 or (claims and len(claims) == limit):
-            return await self.store.waiting(endpoint_ids)
+            return await self.store.waiting(endpoint_ids, WAITING_COUNT_CAP)
         return 0
 
     async def _claim_now(self, worker_id: str, endpoint_ids: list[str],
                          limit: int) -> list[Claim]:
-        if limit <= 0 or not self.accepting or worker_id in self._silent_workers:
+        if (limit <= 0 or not self.accepting or worker_id in self._silent_workers
+                or not self._work_marked(endpoint_ids)):
             return []
-        return await self.store.claim(endpoint_ids, worker_id, limit=limit,
-                                      lease_seconds=self.lease_seconds, now=time.time())
+        for endpoint_id in endpoint_ids:
+            self._may_wait[endpoint_id] = False  # work added from now on marks it again
+        claims = await self.store.claim(endpoint_ids, worker_id, limit=limit,
+                                        lease_seconds=self.lease_seconds, now=time.time())
+        if len(claims) == limit:
+            self._mark_work(endpoint_ids)  # there may be more
+        return claims
+
+    def _work_marked(self, endpoint_ids: list[str] | frozenset[str]) -> bool:
+        return any(self._may_wait.get(endpoint_id, True) for endpoint_id in endpoint_ids)
+
+    def _mark_work(self, endpoint_ids: Iterable[str]) -> None:
+        for endpoint_id in endpoint_ids:
+            self._may_wait[endpoint_id] = True
 
     def _hand_to_parked(self, job: Job) -> Claim | None:
         """Give a direct run straight to a worker waiting on this gateway for work of its
@@ -316,6 +358,8 @@ class Dispatcher:
         return None
 
     def _started(self, claim: Claim) -> Assignment:
+        if self.positions is not None:
+            self.positions.remove(claim.request.id)
         job = self.jobs.get(claim.request.id)
         if job is not None:
             self._stop_waiting(job)
@@ -328,11 +372,19 @@ class Dispatcher:
         return Assignment.from_claim(claim)
 
     def _work_added(self, endpoint_id: str) -> None:
+        self._wake_parked(endpoint_id)
+        self.store.notifier.publish(WorkAdded(endpoint_id))
+
+    def _wake_parked(self, endpoint_id: str) -> None:
+        """Work for ``endpoint_id`` (or, ``ANY_ENDPOINT``, for any) may wait: claims look."""
+        if endpoint_id == ANY_ENDPOINT:
+            self._may_wait.clear()  # unknown endpoints count as marked
+        else:
+            self._may_wait[endpoint_id] = True
         for parked in list(self._parked):
             if ((endpoint_id == ANY_ENDPOINT or endpoint_id in parked.endpoint_ids)
                     and not parked.future.done()):
                 parked.future.set_result(None)
-        self.store.notifier.publish(WorkAdded(endpoint_id))
 
     async def renew(self, worker_id: str, attempt_ids: list[str], watch: list[str],
                     wait: float) -> LeaseReport:
@@ -474,13 +526,20 @@ class Dispatcher:
                 job.options = options
             job.notify()
         self.store.notifier.publish(RequestChanged(record.id))
-        self._work_added(record.endpoint_id)
+        record.status = Status.IN_QUEUE
+        self._waits(record)
 
     async def _complete(self, record: RequestRecord, outcome: Outcome,
                         attempt_id: str | None = None,
                         attempt_outcome: str | None = None) -> bool:
         """Commit the outcome (fenced: by the attempt, or, without one, only while the
-        request waits) before anyone is told; False if the fence refused it."""
+        request waits) before anyone is told; False if the fence refused it. A direct
+        caller, who holds no id to ask again with, is answered at once: a direct run is
+        never retried, so the only outcome that could win the fence instead (its lease
+        lapsed) has answered the caller already."""
+        job = self.jobs.get(record.id)
+        if job is not None and job.mode is not Mode.QUEUE and not job.done.done():
+            job.done.set_result(outcome)
         webhook = webhook_target(record.options, record.key_id)
         finished_at = time.time()
         failures = 0
@@ -499,6 +558,8 @@ class Dispatcher:
                 await asyncio.sleep(min(2.0 ** failures, 30.0))
         if not committed:
             return False
+        if self.positions is not None:
+            self.positions.remove(record.id)
         if webhook is not None:
             self.on_webhook_queued()
         if record.key_id is not None and record.status is Status.IN_PROGRESS:
@@ -564,11 +625,7 @@ class Dispatcher:
     # What other gateways did (the store's events)
     def _on_event(self, event: Event) -> None:
         if isinstance(event, WorkAdded):
-            for parked in list(self._parked):
-                if ((event.endpoint_id == ANY_ENDPOINT
-                     or event.endpoint_id in parked.endpoint_ids)
-                        and not parked.future.done()):
-                    parked.future.set_result(None)
+            self._wake_parked(event.endpoint_id)
         elif isinstance(event, CancelRequested):
             self._wake_cancel_watchers(event.request_id)
         elif (job := self.jobs.get(event.request_id)) is not None:

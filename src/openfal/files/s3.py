@@ -20,6 +20,7 @@ are S3's, the md5 of the part (as with any bucket not encrypted by KMS).
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 import re
@@ -61,6 +62,10 @@ _MISSING = {"404", "NoSuchKey", "NoSuchUpload", "NoSuchBucket", "NotFound"}
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects takes
 # One CopyObject up to 5 GiB (S3's limit for it), a multipart copy beyond.
 _COPY = TransferConfig(multipart_threshold=5 * 1024**3, multipart_chunksize=1024**3)
+# botocore says at INFO where it found the credentials and the endpoint, for every client:
+# noise in a server's log, and lines on stderr before a configuration error's one line.
+for _name in ("botocore.credentials", "botocore.configprovider"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def parse_url(url: str) -> tuple[str, str]:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from openfal.auth.keys import EVERYONE, AuthError, Principal
+from openfal.auth.keys import EVERYONE, AuthError, Principal, parse_authorization
 from openfal.gateway.http import HTTPError
 from openfal.server import Platform
 
@@ -34,7 +34,7 @@ def unauthorized(detail: str) -> HTTPError:
     return HTTPError(401, detail, "unauthorized", {"www-authenticate": "Key"})
 
 
-def identify(connection: HTTPConnection) -> Principal | None:
+async def identify(connection: HTTPConnection) -> Principal | None:
     """The caller, from its ``Authorization`` header; None when it sent none."""
     platform: Platform = connection.app.state.platform
     if not platform.settings.auth:
@@ -43,6 +43,8 @@ def identify(connection: HTTPConnection) -> Principal | None:
     if header is None:
         return None
     try:
+        key_id, _ = parse_authorization(header)
+        await platform.keyring.look_up(key_id)  # made on another gateway just now?
         return platform.keyring.authenticate(header)
     except AuthError as exc:
         raise unauthorized(str(exc)) from None
@@ -58,7 +60,7 @@ def guard(handler: Handler, access: Access) -> Handler:
 
     @functools.wraps(handler)
     async def guarded(request: Request) -> Response:
-        caller = identify(request)
+        caller = await identify(request)
         if access is not Access.CALLER and caller is None:
             raise unauthorized("this route needs an API key: 'Authorization: Key <id>:<secret>'")
         if access is Access.ADMIN and caller is not None and not caller.is_admin:

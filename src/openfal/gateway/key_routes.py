@@ -45,6 +45,8 @@ def _public(key: KeyRecord) -> dict:
 
 async def list_keys(request: Request) -> Response:
     platform: Platform = request.app.state.platform
+    if platform.store.shared:  # with the keys other gateways made or revoked just now
+        await platform.keyring.load()
     return json_response({"keys": [_public(key) for key in platform.keyring.all()]})
 
 

@@ -51,7 +51,7 @@ async def submit(request: Request) -> Response:
                         "queue_full") from None
     body = {"status": Status.IN_QUEUE.value, "request_id": job.id,
             **queue_urls(request, job.app_id, job.id),
-            "queue_position": await platform.dispatcher.queue_position(job) or 0}
+            "queue_position": await platform.dispatcher.queue_position(job.id) or 0}
     return json_response(body, 200, {"x-fal-request-id": job.id})
 
 
@@ -105,7 +105,7 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
         body: dict[str, Any] = {"status": job.status.value, "request_id": job.id,
                                 **queue_urls(request, job.app_id, job.id)}
         if job.status is Status.IN_QUEUE:
-            body["queue_position"] = await platform.dispatcher.queue_position(job) or 0
+            body["queue_position"] = await platform.dispatcher.queue_position(job.id) or 0
         skip = max(0, logs_from - job.logs_dropped)
         body["logs"] = [e.to_wire() for e in job.logs[skip:]] if with_logs else None
         if job.progress is not None:
@@ -121,7 +121,7 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
             **queue_urls(request, record.app_id, record.id),
             "logs": [e.to_wire() for e in (logs or [])[logs_from:]] if with_logs else None}
     if record.status is Status.IN_QUEUE:
-        body["queue_position"] = await platform.store.queue_position(record.id) or 0
+        body["queue_position"] = await platform.dispatcher.queue_position(record.id) or 0
     elif record.status is Status.IN_PROGRESS:
         progress, _ = await platform.store.get_live(record.id)
         if progress is not None:

@@ -47,7 +47,7 @@ async def session(websocket: WebSocket) -> None:
     app, spec = found
     await websocket.accept()
     try:
-        caller = _caller(websocket, platform, app)
+        caller = await _caller(websocket, platform, app)
     except (tokens.TokenError, AuthError, HTTPError) as exc:
         await _refuse(websocket, exc.detail if isinstance(exc, HTTPError) else str(exc))
         return
@@ -105,13 +105,14 @@ async def _next_message(websocket: WebSocket, revoked: asyncio.Event,
     return {"type": "revoked"} if revocation in done else None
 
 
-def _caller(websocket: WebSocket, platform: Platform, app: ServedApp) -> Principal | None:
+async def _caller(websocket: WebSocket, platform: Platform,
+                  app: ServedApp) -> Principal | None:
     """Who the session acts for: the key that minted its realtime token
     (``fal_jwt_token``), or the API key it sent; None for anyone on a public app.
     Raises when neither is valid and the app is not public."""
     token = websocket.query_params.get("fal_jwt_token")
     if token is None:
-        caller = identify(websocket)
+        caller = await identify(websocket)
         if caller is None and app.cls.app_auth != "public":
             raise tokens.TokenError("a realtime token or an API key is needed")
         return caller
@@ -120,6 +121,7 @@ def _caller(websocket: WebSocket, platform: Platform, app: ServedApp) -> Princip
         return EVERYONE
     if key_id is None:
         raise tokens.TokenError("the token names no API key; mint a new one")
+    await platform.keyring.look_up(key_id)  # minted on another gateway for a new key?
     return platform.keyring.principal(key_id)
 
 

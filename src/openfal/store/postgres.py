@@ -725,10 +725,17 @@ class PostgresStore:
     async def queue_position(self, request_id: str) -> int | None:
         return await self._db.fetchval(_QUEUE_POSITION, request_id)
 
-    async def waiting(self, endpoint_ids: Sequence[str]) -> int:
+    async def waiting_requests(self) -> list[RequestRecord]:
+        rows = await self._db.fetch("SELECT * FROM requests WHERE status = 'IN_QUEUE'")
+        records = [_record(row) for row in rows]
+        for record in records:
+            record.payload = b""
+        return records
+
+    async def waiting(self, endpoint_ids: Sequence[str], cap: int | None = None) -> int:
         return await self._db.fetchval(
-            "SELECT count(*) FROM requests WHERE status = 'IN_QUEUE'"
-            " AND endpoint_id = ANY($1::text[])", list(endpoint_ids))
+            "SELECT count(*) FROM (SELECT 1 FROM requests WHERE status = 'IN_QUEUE'"
+            " AND endpoint_id = ANY($1::text[]) LIMIT $2) AS waiting", list(endpoint_ids), cap)
 
     async def running_for_key(self, key_id: str) -> int:
         return await self._db.fetchval(

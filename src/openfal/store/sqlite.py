@@ -557,11 +557,20 @@ class SQLiteStore:
             " AND o.rowid < r.rowid))))) FROM requests r WHERE r.id=? AND r.status='IN_QUEUE'",
             (request_id,))
 
-    async def waiting(self, endpoint_ids: Sequence[str]) -> int:
+    async def waiting_requests(self) -> list[RequestRecord]:
+        def read(conn: sqlite3.Connection) -> list[RequestRecord]:
+            rows = conn.execute("SELECT * FROM requests WHERE status='IN_QUEUE'").fetchall()
+            records = [_record(row) for row in rows]
+            for record in records:
+                record.payload = b""
+            return records
+        return await self._read(read)
+
+    async def waiting(self, endpoint_ids: Sequence[str], cap: int | None = None) -> int:
         marks = ",".join("?" * len(endpoint_ids))
         return await self._scalar(
-            f"SELECT COUNT(*) FROM requests WHERE status='IN_QUEUE' AND endpoint_id IN ({marks})",
-            list(endpoint_ids)) or 0
+            "SELECT COUNT(*) FROM (SELECT 1 FROM requests WHERE status='IN_QUEUE'"
+            f" AND endpoint_id IN ({marks}) LIMIT ?)", [*endpoint_ids, cap or -1]) or 0
 
     async def running_for_key(self, key_id: str) -> int:
         return await self._scalar("SELECT COUNT(*) FROM requests WHERE status='IN_PROGRESS'"
