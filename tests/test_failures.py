@@ -160,6 +160,23 @@ def test_cancel_running_request_that_ignores_it_is_hard_stopped(client: httpx.Cl
     assert client.get(handle["response_url"]).status_code == 499
 
 
+def test_a_hard_stop_retries_the_queued_request_beside_it(client: httpx.Client) -> None:
+    # openfal/wait: one runner with two slots. Killing it for the request that ignores its
+    # cancel ends the other request on it too: a queued one is retried, and completes.
+    stubborn = submit(client, "openfal/wait/sync", {"seconds": 10, "cooperative": False})
+    beside = submit(client, "openfal/wait", {"seconds": 1.8})
+    for handle in (stubborn, beside):
+        wait_for(lambda h=handle: client.get(h["status_url"]).json()["status"] == "IN_PROGRESS")
+    client.put(stubborn["cancel_url"])
+    assert wait_done(client, stubborn, timeout=10)["error_type"] == "client_cancelled"
+    status = wait_done(client, beside, timeout=30)
+    assert status.get("error") is None
+    assert client.get(beside["response_url"]).json() == {"waited": 1.8}
+    attempts = client.get(f"/api/requests/{beside['request_id']}/attempts").json()["attempts"]
+    assert [(a["outcome"], a["error_type"]) for a in attempts] == [
+        ("failed", "runner_disconnected"), ("ok", None)]
+
+
 def test_cancel_finished_request_is_already_completed(client: httpx.Client) -> None:
     handle = submit(client, "openfal/echo", {"prompt": "x"})
     wait_done(client, handle)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -212,7 +213,13 @@ class Platform:
 
     async def _create_first_admin_key(self) -> None:
         """With no key at all, nobody could use the server: make an ADMIN key, kept (0600)
-        in the data dir for ``openfal env``, and shown once by ``openfal serve``."""
+        in the data dir for ``openfal env``, and shown once by ``openfal serve``. Gateways
+        starting together on a new shared store make one between them: the one whose claim
+        the store keeps."""
+        if self.store.shared:
+            claim = secrets.token_bytes(16)
+            if await self.store.put_secret_once("first-admin-key", claim) != claim:
+                return
         _, secret = await self.keyring.create(Scope.ADMIN, "first admin key")
         path = self.settings.admin_key_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +292,8 @@ def serve(settings: Settings, on_ready: Callable[[Platform, str], None] | None =
     store = open_store(settings.store_url, settings.data_dir, settings.durability)
     if isinstance(store, SQLiteStore):
         store.lock()  # before anything else: a second server on one data dir stops here
+    else:
+        asyncio.run(_reach(store))  # an unreachable database is one line, not a traceback
     tls = ensure_tls(settings.data_dir, settings.tls_names) if settings.tls else None
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
@@ -306,6 +315,12 @@ def serve(settings: Settings, on_ready: Callable[[Platform, str], None] | None =
         ssl_keyfile=tls.server_key if tls else None)
     DrainingServer(config, platform.drain).run(sockets=[sock])
     log.info("stopped")
+
+
+async def _reach(store: Store) -> None:
+    """Connect to a shared store once, migrating it, before the server starts."""
+    await store.open()
+    await store.close()
 
 
 def _proxy_port(settings: Settings) -> int:

@@ -60,7 +60,9 @@ log = logging.getLogger(__name__)
 RECENT_LIMIT = 4096
 RECENT_MAX_BYTES = 256 * 1024  # one request's input and result
 RECENT_TOTAL_BYTES = 64 * 1024 * 1024
-WAITING_COUNT_CAP = 4096  # a worker scales on how much waits, up to this many
+WAITING_COUNT_CAP = 4096
+QUIET_JOB_SECONDS = 5.0  # with a shared store, a watched job unchanged this long is re-read
+QUIET_JOBS_PER_TICK = 50  # a worker scales on how much waits, up to this many
 ANY_ENDPOINT = "*"  # a WorkAdded for every endpoint: a key's slot was freed
 
 # Runner answers that mean "this runner is unwell, try another": the hosted platform's rule.
@@ -147,8 +149,9 @@ class Dispatcher:
         # whole time looks anyway (another gateway's event may have been lost).
         self._may_wait: dict[str, bool] = {}
         # Workers whose lease lapsed (dead, frozen or cut off): no new work for them until
-        # they renew again, or a frozen worker's waiting claim would take the retry too.
-        self._silent_workers: set[str] = set()
+        # they renew or claim again, or a frozen worker's waiting claim would take the retry
+        # too.
+        self._silent_workers: OrderedDict[str, None] = OrderedDict()  # the newest 1024
         self._cancel_watchers: dict[str, list[asyncio.Future[str]]] = {}
         self._background: set[asyncio.Task] = set()
         self._unlisten: Callable[[], None] = lambda: None
@@ -160,7 +163,10 @@ class Dispatcher:
         self._unlisten = self.store.notifier.listen(self._on_event)
         if self.positions is not None:
             for record in await self.store.waiting_requests():
-                self.positions.add(record)
+                if record.mode is Mode.QUEUE:
+                    self.positions.add(record)
+                else:  # a direct run whose caller went away with the last server
+                    await self._complete(record, shutting_down())
         if not self.store.shared:
             # This process owns the store: the runners of the one before it are gone, so
             # their leases have lapsed already (the reaper retries their requests now).
@@ -291,6 +297,9 @@ class Dispatcher:
     # workers through gateway/worker_routes.py)
     async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
                     wait: float) -> ClaimReply:
+        # A claim arriving is the worker alive now (one that resumed holding nothing never
+        # renews); a claim it parked before it went silent still gets nothing.
+        self._silent_workers.pop(worker_id, None)
         claims = await self._claim_now(worker_id, endpoint_ids, limit)
         waiting = await self._waiting_after(endpoint_ids, limit, claims)
         if (not claims and not waiting and wait > 0 and self.accepting
@@ -388,7 +397,7 @@ class Dispatcher:
 
     async def renew(self, worker_id: str, attempt_ids: list[str], watch: list[str],
                     wait: float) -> LeaseReport:
-        self._silent_workers.discard(worker_id)  # it is alive
+        self._silent_workers.pop(worker_id, None)  # it is alive
         report = LeaseReport()
         if attempt_ids:
             report = await self.store.renew_leases(worker_id, attempt_ids,
@@ -627,6 +636,8 @@ class Dispatcher:
         if isinstance(event, WorkAdded):
             self._wake_parked(event.endpoint_id)
         elif isinstance(event, CancelRequested):
+            if (job := self.jobs.get(event.request_id)) is not None:
+                job.cancel_requested = True
             self._wake_cancel_watchers(event.request_id)
         elif (job := self.jobs.get(event.request_id)) is not None:
             if isinstance(event, Progressed):
@@ -637,16 +648,38 @@ class Dispatcher:
                 job.add_partial(event.body)
                 job.notify()
             else:
-                self._spawn(self._refresh(job))
+                self._refresh_soon(job)
+
+    def _refresh_soon(self, job: Job) -> None:
+        """Bring a job in step with the store (another gateway changed the request): one
+        read at a time per job, and one more if it changed again meanwhile."""
+        if job.refreshing is not None and not job.refreshing.done():
+            job.refresh_again = True
+            return
+        job.refreshing = asyncio.get_running_loop().create_task(self._refresh_until_still(job))
+        self._background.add(job.refreshing)
+        job.refreshing.add_done_callback(self._background.discard)
+
+    async def _refresh_until_still(self, job: Job) -> None:
+        while True:
+            job.refresh_again = False
+            try:
+                await self._refresh(job)
+            except Exception:
+                log.exception("request %s: reading it from the store failed", job.id)
+            if not job.refresh_again:
+                return
 
     async def _refresh(self, job: Job) -> None:
-        """Bring a job in step with the store (another gateway changed the request)."""
         record = await self.store.get_request(job.id)
+        job.seen_at = time.monotonic()
         if record is None or job.finished:
             return
         new_logs = await self.store.get_logs(job.id, len(job.logs) + job.logs_dropped)
+        if job.finished:
+            return
         job.add_logs(new_logs)
-        job.cancel_requested = record.cancel_requested
+        job.cancel_requested = job.cancel_requested or record.cancel_requested
         if record.status is Status.COMPLETED:
             self._finish_job(job, record)
             return
@@ -685,8 +718,13 @@ class Dispatcher:
                 log.exception("reaping lapsed leases failed; trying again")
 
     async def _reap(self, now: float) -> None:
+        if self.store.shared:
+            self._refresh_quiet_jobs()
         lapsed = await self.store.lapsed(now, 100)
-        self._silent_workers.update(claim.worker_id for claim in lapsed)
+        for claim in lapsed:
+            self._silent_workers[claim.worker_id] = None
+            if len(self._silent_workers) > 1024:
+                self._silent_workers.popitem(last=False)
         for claim in lapsed:
             record = claim.request
             log.warning("request %s: attempt %d lost its lease (worker %s)", record.id,
@@ -697,6 +735,16 @@ class Dispatcher:
             await self._complete(record, failure(
                 504, "The request did not start before its X-Fal-Request-Timeout",
                 "request_timeout", {"x-fal-request-timeout-type": "user"}))
+
+    def _refresh_quiet_jobs(self) -> None:
+        """Events are hints and may be lost (a dropped connection): jobs watched here that
+        heard nothing for a while are read from the store again, a few at a time."""
+        cutoff = time.monotonic() - QUIET_JOB_SECONDS
+        quiet = [job for job in self.jobs.values() if job.seen_at < cutoff]
+        quiet.sort(key=lambda job: job.seen_at)
+        for job in quiet[:QUIET_JOBS_PER_TICK]:
+            job.seen_at = time.monotonic()
+            self._refresh_soon(job)
 
     async def _purge_loop(self) -> None:
         interval = min(3600.0, max(1.0, self.retention_seconds / 10))

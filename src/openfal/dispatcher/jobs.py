@@ -67,6 +67,10 @@ class Job:
     done: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # When this view last changed or was checked against the store (monotonic seconds).
+    seen_at: float = field(default_factory=time.monotonic)
+    refreshing: asyncio.Task | None = None  # a read from the store under way
+    refresh_again: bool = False  # something changed during that read: read once more
 
     @property
     def encoding(self) -> Encoding:
@@ -109,6 +113,7 @@ class Job:
         return self._changed
 
     def notify(self) -> None:
+        self.seen_at = time.monotonic()
         self._changed.set()
         self._changed = asyncio.Event()
 

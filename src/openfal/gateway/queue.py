@@ -160,9 +160,12 @@ async def status_stream(request: Request) -> Response:
         sent_logs = 0
         sent_partial: bytes | None = None
         while True:
-            if view.job is not None and view.job.status is Status.COMPLETED:
+            if view.job is not None and (view.job.status is Status.COMPLETED
+                                         or view.job.finished):
                 # COMPLETED is set only once the outcome is committed (possibly before this
-                # stream's first event): the final status comes from the store.
+                # stream's first event): the final status comes from the store. A finished
+                # job is checked too: a refresh that read the row before the end may still
+                # set an older status after it, and nothing would wake this stream again.
                 view = _View(None, await platform.store.get_request(view.job.id))
             changed = view.job.changed() if view.job is not None else None
             body = await _status_body(request, view, with_logs, sent_logs)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import msgpack
@@ -116,7 +116,8 @@ _BY_TAG: dict[str, type[Message]] = {
 
 
 def pack(message: Message) -> list[Any]:
-    return [message.tag, *astuple(message)]
+    # Not dataclasses.astuple: it deep-copies every field (bodies, headers) on each message.
+    return [message.tag, *(getattr(message, f.name) for f in fields(message))]
 
 
 def unpack(item: list[Any]) -> Message:

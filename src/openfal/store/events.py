@@ -10,7 +10,7 @@ are small typed values that serialise to msgpack, so they cross processes unchan
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Protocol
 
 import msgpack
@@ -65,7 +65,8 @@ _BY_TAG: dict[str, type[Event]] = {cls.tag: cls for cls in
 
 
 def encode_event(event: Event) -> bytes:
-    return msgpack.packb([event.tag, *astuple(event)], use_bin_type=True)
+    return msgpack.packb([event.tag, *(getattr(event, f.name) for f in fields(event))],
+                         use_bin_type=True)
 
 
 def decode_event(data: bytes) -> Event:

@@ -377,6 +377,9 @@ class PostgresNotifier:
                     connect: Callable[[], Awaitable[asyncpg.Connection]]) -> None:
         """Listen (on a connection of its own) before returning; reconnect if it drops."""
         self._writer, self._pool = writer, pool
+        # A queue of this event loop's: a store opened again (in another loop) must not
+        # keep the one its first loop bound, or every event would be dropped.
+        self._incoming = asyncio.Queue()
         lost = await self._listen(await connect())
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._keep_listening(connect, lost),

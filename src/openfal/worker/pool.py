@@ -77,24 +77,34 @@ class AppPool:
                                                      assignment.request_id, False)
                 return
             self.demand = reply.waiting
-            for assignment in reply.assignments:
-                self._place(assignment)
+            placed = [self._place(assignment) for assignment in reply.assignments]
             self._scale()
-            if self.free_slots() == 0 or (not reply.assignments and reply.waiting > 0):
-                # No room here (runners busy or starting), or the waiting requests' keys
-                # are at their limits: wait for a slot, then look again.
+            if (self.free_slots() == 0 or not all(placed)
+                    or (not reply.assignments and reply.waiting > 0)):
+                # No room here (runners busy or starting), an attempt went back (it waits
+                # for a runner, or for an older attempt of its request to end), or the
+                # waiting requests' keys are at their limits: wait for a slot, then look
+                # again.
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
 
-    def _place(self, assignment: Assignment) -> None:
+    def _place(self, assignment: Assignment) -> bool:
+        """Start the attempt on a runner; False if it went back to the queue instead: its
+        runner went away since the claim (and one is started), or an older attempt of the
+        same request still runs here (its lease was lost while this worker was cut off or
+        frozen). Runners know requests by id: a second run of one would take the first's
+        result and cancel."""
         runner = self._pick_runner(assignment.runner_hint)
-        if runner is None:  # its runner went away since the claim: back, and start one
+        if runner is None or any(assignment.request_id in r.in_flight
+                                 for r in self.runners.values()):
             self._track(asyncio.get_running_loop().create_task(self.worker.link.hand_back(
                 assignment.attempt_id, assignment.request_id, False)))
-            self.demand += 1
-            return
+            if runner is None:
+                self.demand += 1
+            return False
         self.worker.start_attempt(self, runner, assignment)
+        return True
 
     def _pick_runner(self, hint: str | None) -> RunnerHandle | None:
         best: RunnerHandle | None = None
