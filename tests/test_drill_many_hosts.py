@@ -299,6 +299,7 @@ def test_many_hosts_drill(start_server, start_worker, postgres_server: PostgresS
                      "a fifth of the load done, and worker 1 running something")
             worker_1.kill()
             held_by_1 = db.held_by(w1)
+            assert held_by_1, "worker 1 held leases when it died"
             wait_for(lambda: not worker_1.tagged_pids(), STEP_TIMEOUT, 0.1,
                      "the killed worker's runners to exit (their socket closed)")
             worker_1.reap_leftovers()

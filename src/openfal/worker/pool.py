@@ -79,12 +79,13 @@ class AppPool:
             self.demand = reply.waiting
             placed = [self._place(assignment) for assignment in reply.assignments]
             self._scale()
-            if (self.free_slots() == 0 or not all(placed)
+            if ((self.free_slots() == 0 and self.demand > 0) or not all(placed)
                     or (not reply.assignments and reply.waiting > 0)):
-                # No room here (runners busy or starting), an attempt went back (it waits
-                # for a runner, or for an older attempt of its request to end), or the
-                # waiting requests' keys are at their limits: wait for a slot, then look
-                # again.
+                # Work waits and there is no room here (runners busy or starting), an
+                # attempt went back (it waits for a runner, or for an older attempt of its
+                # request to end), or the waiting requests' keys are at their limits: wait
+                # for a slot, then look again. (No room and nothing waiting: the next claim,
+                # of nothing, waits for work to arrive, to scale out for it.)
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
