@@ -86,6 +86,13 @@ def test_bad_max_queue_length_is_422(client: httpx.Client) -> None:
     assert response.json()["detail"][0]["loc"] == ["query", "fal_max_queue_length"]
 
 
+def test_a_max_queue_length_past_any_queue_is_no_bound(client: httpx.Client) -> None:
+    # Larger than any integer the store counts with: no queue is that long.
+    response = client.post("/queue/openfal/echo", params={"fal_max_queue_length": "9" * 40},
+                           json={"prompt": "x"})
+    assert response.status_code == 200
+
+
 def test_wrong_method_is_405_not_500(client: httpx.Client) -> None:
     assert client.put("/openfal/echo").status_code == 405
     assert client.delete("/queue/openfal/echo").status_code == 405

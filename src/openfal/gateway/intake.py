@@ -111,10 +111,13 @@ def forwarded_headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.startswith(_FORWARDED_PREFIXES)}
 
 
+_LONGEST_QUEUE = 10**9
+
+
 def max_queue_length(request: Request) -> int | None:
     raw = request.query_params.get("fal_max_queue_length")
     if raw is None:
         return None
     if not (raw.isascii() and raw.isdigit()):  # isdigit alone lets "²" through to int()
         raise field_error(["query", "fal_max_queue_length"], "must be a non-negative integer")
-    return int(raw)
+    return min(int(raw), _LONGEST_QUEUE)  # past any real queue: no bound
