@@ -8,7 +8,8 @@ generator as bench/bench_gateway.py:
 * the embedded default (SQLite) at ``--before`` (a git revision, default 1c8a707: the last
   commit before the store became the queue, run from a git worktree) and at this tree:
   durable submits/s (acknowledged once committed) at 64 connections and direct-run latency
-  at one connection; the goals are a ratio of at least 0.9 and at most 1.1;
+  at one connection (the goals are a ratio of at least 0.9 and at most 1.1), and queued
+  round trips/s at 64 connections;
 * this tree on PostgreSQL (a server started here, ``fsync`` on) beside SQLite: durable
   submits/s and queued round trips/s (submit, poll, result) at 64 connections.
 
@@ -76,6 +77,7 @@ async def measure_embedded(bench: Bench, target: ServerProcess, concurrency: int
     await first_echo(target)
     await bench.measure("direct run", target, 1, direct(f"{target.url}/{ECHO}"))
     queue = QueueClient(target.url)
+    await bench.measure("queued round trip", target, concurrency, queue.round_trip)
     await bench.measure("durable submit", target, concurrency, queue.submit_only)
 
 
@@ -111,7 +113,8 @@ def sections(bench: Bench, concurrency: int) -> list[Section]:
         "Embedded default: this tree against the release before the redesign",
         ["measure", "before", "now", "now / before", "goal"],
         [ratio_row(bench, "durable submit", concurrency, "before", "sqlite", ">= 0.9", False),
-         ratio_row(bench, "direct run", 1, "before", "sqlite", "<= 1.1", True)])
+         ratio_row(bench, "direct run", 1, "before", "sqlite", "<= 1.1", True),
+         ratio_row(bench, "queued round trip", concurrency, "before", "sqlite", "-", False)])
     rows = []
     for scenario in ("durable submit", "queued round trip"):
         sqlite = bench.find(scenario, "sqlite-q", concurrency)
