@@ -78,12 +78,6 @@ class Job:
         return self.options.get("encoding", "json")
 
     @property
-    def store_io(self) -> bool:
-        """Whether its input and result are kept once it ends (realtime frames are not:
-        only the request itself is recorded, for usage)."""
-        return not self.options.get("transient_io", False)
-
-    @property
     def key_limit(self) -> int | None:
         """Running requests the submitting key may have at once."""
         return self.options.get("key_limit")

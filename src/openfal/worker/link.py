@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -194,10 +194,6 @@ class HttpLink:
         reply = await self._call("/hand-back", {"attempt_id": attempt_id,
                                                 "request_id": request_id, "started": started})
         return bool(reply["recorded"])
-
-
-def assignment_wire(assignment: Assignment) -> dict[str, Any]:
-    return asdict(assignment)
 
 
 def report_from_wire(item: list[Any]) -> Report:
