@@ -58,37 +58,40 @@ class AppPool:
         self._room.set()
 
     async def _claim_loop(self) -> None:
+        """Claim work while the pool runs; an unexpected error is logged and the loop goes
+        on (a pool that stopped claiming would leave its app's requests waiting)."""
         while not self.paused:
-            free = self.free_slots()
-            starved = free == 0 and self.demand > 0
             try:
-                reply = await self.worker.link.claim(
-                    self.worker.id, self.endpoint_ids, free,
-                    0.0 if starved else CLAIM_WAIT_SECONDS)
+                await self._claim_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("%s: claiming work failed; trying again", self.app.app_id)
                 await asyncio.sleep(ROOM_POLL_SECONDS)
-                continue
-            if self.paused:
-                for assignment in reply.assignments:
-                    await self.worker.link.hand_back(assignment.attempt_id,
-                                                     assignment.request_id, False)
-                return
-            self.demand = reply.waiting
-            placed = [self._place(assignment) for assignment in reply.assignments]
-            self._scale()
-            if ((self.free_slots() == 0 and self.demand > 0) or not all(placed)
-                    or (not reply.assignments and reply.waiting > 0)):
-                # Work waits and there is no room here (runners busy or starting), an
-                # attempt went back (it waits for a runner, or for an older attempt of its
-                # request to end), or the waiting requests' keys are at their limits: wait
-                # for a slot, then look again. (No room and nothing waiting: the next claim,
-                # of nothing, waits for work to arrive, to scale out for it.)
-                self._room.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
+
+    async def _claim_once(self) -> None:
+        free = self.free_slots()
+        starved = free == 0 and self.demand > 0
+        reply = await self.worker.link.claim(self.worker.id, self.endpoint_ids, free,
+                                             0.0 if starved else CLAIM_WAIT_SECONDS)
+        if self.paused:
+            for assignment in reply.assignments:
+                await self.worker.link.hand_back(assignment.attempt_id,
+                                                 assignment.request_id, False)
+            return
+        self.demand = reply.waiting
+        placed = [self._place(assignment) for assignment in reply.assignments]
+        self._scale()
+        if ((self.free_slots() == 0 and self.demand > 0) or not all(placed)
+                or (not reply.assignments and reply.waiting > 0)):
+            # Work waits and there is no room here (runners busy or starting), an attempt
+            # went back (it waits for a runner, or for an older attempt of its request to
+            # end), or the waiting requests' keys are at their limits: wait for a slot,
+            # then look again. (No room and nothing waiting: the next claim, of nothing,
+            # waits for work to arrive, to scale out for it.)
+            self._room.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
 
     def _place(self, assignment: Assignment) -> bool:
         """Start the attempt on a runner; False if it went back to the queue instead: its
