@@ -270,9 +270,20 @@ def test_a_webhook_is_delivered_once_by_two_gateways(start_server, postgres_url:
                     for h in handles]
             results = [[client.get(path(h["response_url"])).json() for client in (a, b)]
                        for h in handles]
-            # Webhook keys are still kept per data dir (docs/deploy.md): either may sign.
-            jwks = {"keys": [key for client in (a, b)
-                             for key in client.get("/.well-known/jwks.json").json()["keys"]]}
+            # One set of signing keys, the store's: either gateway's JWKS verifies all.
+            jwks = a.get("/.well-known/jwks.json").json()
+            assert b.get("/.well-known/jwks.json").json() == jwks
+
+            # Rotated through A: B signs with the new key too, within its reload time.
+            rotated = a.post("/api/webhooks/rotate-key")
+            assert rotated.status_code == 201, rotated.text
+            new_kid = rotated.json()["kid"]
+            wait_for(lambda: b.get("/.well-known/jwks.json").json()["keys"][0]["kid"]
+                     == new_kid, timeout=15, what="the rotation to reach gateway B")
+            after = b.post("/queue/openfal/work", json={"message": "rotated"},
+                           params={"fal_webhook": receiver.url}).json()
+            wait_for(lambda: delivered(after["request_id"]), what="the delivery after it")
+            rotated_jwks = b.get("/.well-known/jwks.json").json()
     finally:
         receiver.stop()
     for handle, log, (on_a, on_b) in zip(handles, logs, results, strict=True):
@@ -282,6 +293,8 @@ def test_a_webhook_is_delivered_once_by_two_gateways(start_server, postgres_url:
         assert delivery.json["status"] == "OK"
         assert delivery.json["payload"] == on_a == on_b
         assert on_a["message"] == "hook"
+    [signed_after] = receiver.for_request(after["request_id"])
+    assert verify(signed_after, rotated_jwks) == new_kid
 
 
 # --- the schema ----------------------------------------------------------------------------

@@ -483,6 +483,23 @@ async def test_a_secret_is_put_once(store: Store,
     assert await store.get_secret("signing") == values[0]
 
 
+async def test_a_secret_is_replaced_only_from_the_value_it_was_read_as(
+        store: Store, open_peer: Peer) -> None:
+    await store.put_secret_once("keys", b"v1")
+    peer = await open_peer(store)
+    # Two gateways rotating at once from v1: one swap wins, the other is refused.
+    swapped = await asyncio.gather(store.replace_secret("keys", b"v1", b"v2-a"),
+                                   peer.replace_secret("keys", b"v1", b"v2-b"))
+    assert sorted(swapped) == [False, True]
+    winner = b"v2-a" if swapped[0] else b"v2-b"
+    assert await peer.get_secret("keys") == winner
+    assert not await store.replace_secret("keys", b"v1", b"v3")
+    assert await store.replace_secret("keys", winner, b"v3")
+    assert await store.get_secret("keys") == b"v3"
+    assert not await store.replace_secret("missing", b"", b"x")
+    assert await store.get_secret("missing") is None
+
+
 async def test_purge_removes_old_finished_requests_and_only_what_is_theirs(
         store: Store) -> None:
     old = [queued(f"old{i:04}", created_at=T0 + i) for i in range(1203)]

@@ -27,7 +27,11 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from conftest import APPS, ServerProcess, wait_for
 from test_run_and_queue import wait_done
@@ -319,8 +323,37 @@ def test_key_rotation_keeps_old_keys_published_and_signs_with_the_new(
     request_id = submit(admin, {"message": "rotated"}, receiver.url)
     wait_for(lambda: receiver.for_request(request_id), what="the delivery")
     assert verify(receiver.for_request(request_id)[0], after) == kids[0]
-    keys_dir = hooked.data_dir / "webhook-keys"
-    assert all((keys_dir / f"{kid}.pem").stat().st_mode & 0o777 == 0o600 for kid in kids)
+    # The keys are the store's now, not files of the data dir.
+    assert not (hooked.data_dir / "webhook-keys").exists()
+    with hooked.client() as anonymous:
+        assert anonymous.post("/api/webhooks/rotate-key").status_code == 401
+    assert admin.post("/api/webhooks/rotate-key",
+                      json={"retire_after_hours": -1}).status_code == 422
+
+
+def test_a_data_dir_of_release_0_1_keeps_its_signing_keys(start_server, tmp_path: Path,
+                                                         receiver: Receiver) -> None:
+    """Release 0.1 kept the keys in <data-dir>/webhook-keys/ (keys.json, <kid>.pem): the
+    first start takes them into the store, so receivers pinned to that JWKS still verify."""
+    kept, retired = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    keys_dir = tmp_path / "data" / "webhook-keys"
+    keys_dir.mkdir(parents=True)
+    manifest = []
+    for kid, private, retire_at in (("retired", retired, time.time() - 60),
+                                    ("kept", kept, None)):
+        (keys_dir / f"{kid}.pem").write_bytes(private.private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+        manifest.append({"kid": kid, "created_at": time.time() - 3600, "retire_at": retire_at})
+    (keys_dir / "keys.json").write_text(json.dumps({"keys": manifest}))
+
+    server = start_server(*APP_ARGS, data_dir=tmp_path / "data")
+    with server.client() as client:
+        assert [k["kid"] for k in client.get("/.well-known/jwks.json").json()["keys"]] == [
+            "kept"]
+        request_id = submit(client, {"message": "signed"}, receiver.url)
+        wait_for(lambda: receiver.for_request(request_id), what="the delivery")
+        assert verify(receiver.for_request(request_id)[0],
+                      client.get("/.well-known/jwks.json").json()) == "kept"
 
 
 # --- outages and restarts ------------------------------------------------------------------

@@ -29,7 +29,6 @@ from openfal.store.base import Store
 from openfal.store.sqlite import SQLiteStore
 from openfal.upstream.config import UpstreamSet
 from openfal.webhooks.delivery import DeliveryPolicy, WebhookDelivery
-from openfal.webhooks.signing import KeyRing
 from openfal.worker.worker import DEFAULT_LEASE_SECONDS, Worker
 
 # The apps whose runners run models (or echo) here; a worker serves these by default.
@@ -173,7 +172,7 @@ class Platform:
             runner_env=self.runner_env(), lease_seconds=settings.lease_seconds,
             kind="local") if settings.runners else None
         self.webhooks = WebhookDelivery(
-            self.store, KeyRing.open(settings.webhook_keys_dir),
+            self.store, settings.webhook_keys_dir,
             DeliveryPolicy(max_attempts=settings.webhook_max_attempts,
                            base_delay=settings.webhook_retry_base_seconds,
                            timeout=settings.webhook_timeout_seconds),

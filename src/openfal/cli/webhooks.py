@@ -14,8 +14,7 @@ from openfal.cli.console import stdout as console
 from openfal.cli.console import table
 from openfal.cli.options import DEFAULT_DATA_DIR, DataDirOption, JsonOption, ServerOption
 from openfal.cli.target import Target
-from openfal.server import Settings
-from openfal.webhooks.signing import DEFAULT_RETIRE_AFTER_SECONDS, KeyRing
+from openfal.webhooks.signing import DEFAULT_RETIRE_AFTER_SECONDS
 
 app = typer.Typer(help="Webhooks: delivery logs, redelivery and signing keys.",
                   no_args_is_help=True)
@@ -97,8 +96,20 @@ def redeliver(request_id: RequestIdArgument, server: ServerOption = None,
     raise typer.Exit(_redeliver(Target.find(server, data_dir), request_id, as_json))
 
 
+@reports_errors
+def _rotate_key(target: Target, retire_after_hours: float) -> int:
+    with connect(target) as client:
+        rotated = _checked(client.post("/api/webhooks/rotate-key",
+                                       json={"retire_after_hours": retire_after_hours})).json()
+    console.print(f"new webhook signing key {rotated['kid']}")
+    for published in rotated["keys"]:
+        console.print(f"  published: {published['kid']}")
+    return 0
+
+
 @app.command("rotate-key")
 def rotate_key(
+    server: ServerOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     retire_after_hours: Annotated[float, typer.Option(
         help="How long the JWKS keeps publishing the previous keys.")]
@@ -106,9 +117,6 @@ def rotate_key(
 ) -> None:
     """Add a new current signing key; the JWKS keeps publishing the previous ones a while.
 
-    A running server signs its next deliveries with the new key (no restart needed)."""
-    keys = KeyRing(Settings(data_dir=data_dir.expanduser()).webhook_keys_dir)
-    key = keys.rotate(retire_after_hours * 3600)
-    console.print(f"new webhook signing key {key.kid}")
-    for published in keys.jwks(time.time())["keys"]:
-        console.print(f"  published: {published['kid']}")
+    Every gateway of the server's store signs its next deliveries with the new key (no
+    restart needed). Needs an ADMIN key."""
+    raise typer.Exit(_rotate_key(Target.find(server, data_dir), retire_after_hours))

@@ -69,6 +69,7 @@ ROUTES = [
     route("/api/keys/{key_id}", key_routes.update_key, ["PATCH"], A),
     route("/api/keys/{key_id}", key_routes.revoke_key, ["DELETE"], A),
     route("/api/usage", key_routes.usage, ["GET"], A),
+    route("/api/webhooks/rotate-key", webhook_routes.rotate_key, ["POST"], A),
     *(route(path, handler, ["POST"], A) for path, handler in worker_routes.ROUTES),
     # Re-enters the app with the target URL: the target route's own access applies.
     Route("/api/fal/proxy", ClientProxy(), methods=["GET", "POST", "PUT", "OPTIONS"]),

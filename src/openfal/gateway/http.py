@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic_core
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
+
+from openfal.app.errors import validation_detail
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class HTTPError(Exception):
@@ -52,6 +57,16 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_model(request: Request, model: type[M], limit: int) -> M:
+    """The JSON body as ``model`` (an empty body is ``{}``): 413 over ``limit`` bytes, 422
+    naming the fields it gets wrong."""
+    body = await read_body(request, limit)
+    try:
+        return model.model_validate_json(body if body.strip() else b"{}")
+    except ValidationError as exc:
+        raise HTTPError(422, validation_detail(exc)) from None
 
 
 def _too_large(limit: int) -> HTTPError:

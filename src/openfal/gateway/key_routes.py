@@ -6,13 +6,12 @@ import math
 import time
 from dataclasses import asdict
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openfal.app.errors import validation_detail
 from openfal.auth.keys import Scope
-from openfal.gateway.http import HTTPError, field_error, json_response, read_body
+from openfal.gateway.http import HTTPError, field_error, json_response, read_model
 from openfal.server import Platform
 from openfal.store.base import KeyRecord
 
@@ -27,14 +26,6 @@ class NewKey(BaseModel):
 
 class KeyUpdate(BaseModel):
     max_concurrency: int | None = Field(ge=1, le=100_000)
-
-
-async def _parse(request: Request, model: type[BaseModel]) -> BaseModel:
-    body = await read_body(request, MAX_BODY)
-    try:
-        return model.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        raise HTTPError(422, validation_detail(exc)) from None
 
 
 def _public(key: KeyRecord) -> dict:
@@ -52,8 +43,7 @@ async def list_keys(request: Request) -> Response:
 
 async def create_key(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    asked = await _parse(request, NewKey)
-    assert isinstance(asked, NewKey)
+    asked = await read_model(request, NewKey, MAX_BODY)
     record, secret = await platform.keyring.create(asked.scope, asked.name,
                                                    asked.max_concurrency)
     return json_response({**_public(record), "key": secret}, 201)
@@ -61,7 +51,7 @@ async def create_key(request: Request) -> Response:
 
 async def update_key(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    asked = await _parse(request, KeyUpdate)
+    asked = await read_model(request, KeyUpdate, MAX_BODY)
     assert isinstance(asked, KeyUpdate)
     if not await platform.keyring.set_concurrency(request.path_params["key_id"],
                                                   asked.max_concurrency):

@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
-from openfal.app.errors import validation_detail
 from openfal.files.base import (
     MAX_PART_NUMBER,
     FileTooLarge,
@@ -54,7 +53,7 @@ from openfal.files.base import (
 )
 from openfal.files.lifecycle import UPLOAD_HEADERS, InvalidLifecycle, requested_lifecycle
 from openfal.files.signing import UPLOAD
-from openfal.gateway.http import HTTPError, field_error, json_response, read_body
+from openfal.gateway.http import HTTPError, field_error, json_response, read_model
 from openfal.gateway.urls import file_url, signed_upload_url
 from openfal.server import Platform
 
@@ -71,7 +70,6 @@ _RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
 
 P = ParamSpec("P")
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
 
 
 class InitiateBody(BaseModel):
@@ -119,7 +117,7 @@ async def initiate(request: Request) -> Response:
     ``upload_url``, or parts under it and a completion."""
     platform = _platform(request)
     expires_at = _expires_at(request, platform)
-    body = await _json_body(request, platform, InitiateBody)
+    body = await read_model(request, InitiateBody, platform.settings.max_body_bytes)
     content_type = _content_type(body.content_type)
     file_name = _file_name(body.file_name, content_type)
     upload = await _storage(platform.files.create_multipart, file_name=file_name,
@@ -251,7 +249,7 @@ async def _put_part(request: Request, platform: Platform, upload_id: str) -> Res
 
 
 async def _complete(request: Request, platform: Platform, upload_id: str) -> StoredFile:
-    body = await _json_body(request, platform, _CompleteBody)
+    body = await read_model(request, _CompleteBody, platform.settings.max_body_bytes)
     parts = [(part.part_number, part.etag) for part in body.parts]
     return await _storage(platform.files.complete_multipart, upload_id, parts,
                           max_size=platform.settings.max_upload_bytes)
@@ -298,14 +296,6 @@ def _signed_upload_id(request: Request, platform: Platform) -> str:
 
 
 # What the request says about the file
-async def _json_body(request: Request, platform: Platform, model: type[M]) -> M:
-    body = await read_body(request, platform.settings.max_body_bytes)
-    try:
-        return model.model_validate_json(body if body.strip() else b"{}")
-    except ValidationError as exc:
-        raise HTTPError(422, validation_detail(exc)) from None
-
-
 def _file_headers(request: Request) -> tuple[str, str]:
     """Content type and file name of a raw upload, from its headers."""
     content_type = _content_type(request.headers.get("content-type"))

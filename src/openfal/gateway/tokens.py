@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openfal.app.errors import validation_detail
 from openfal.auth import tokens
 from openfal.gateway.auth import principal
-from openfal.gateway.http import HTTPError, json_response, read_body
+from openfal.gateway.http import json_response, read_model
 from openfal.server import Platform
 
 MAX_TOKEN_REQUEST_BYTES = 64 * 1024
@@ -22,11 +21,7 @@ class TokenRequest(BaseModel):
 
 async def mint(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    body = await read_body(request, MAX_TOKEN_REQUEST_BYTES)
-    try:
-        asked = TokenRequest.model_validate_json(body or b"{}")
-    except ValidationError as exc:
-        raise HTTPError(422, validation_detail(exc)) from None
+    asked = await read_model(request, TokenRequest, MAX_TOKEN_REQUEST_BYTES)
     caller = principal(request)
     token = tokens.mint(platform.signer, asked.allowed_apps, asked.token_expiration,
                         caller.key_id if caller is not None else None)

@@ -7,16 +7,19 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from openfal.gateway.auth import ensure_visible
-from openfal.gateway.http import HTTPError, field_error, json_response
+from openfal.gateway.http import HTTPError, field_error, json_response, read_model
 from openfal.server import Platform
 from openfal.store.base import RequestRecord
+from openfal.webhooks.signing import DEFAULT_RETIRE_AFTER_SECONDS
 from openfal.webhooks.targets import URL_OPTION, InvalidTarget, check_target
 
 JWKS_MAX_AGE_SECONDS = 300
+MAX_ROTATION_BODY = 4096
 
 
 async def webhook_options(request: Request) -> dict[str, Any]:
@@ -37,8 +40,23 @@ async def webhook_options(request: Request) -> dict[str, Any]:
 async def jwks(request: Request) -> Response:
     """The public keys webhook signatures verify with (current and recently rotated)."""
     platform: Platform = request.app.state.platform
-    return json_response(platform.webhooks.keys.jwks(time.time()), headers={
+    return json_response(await platform.webhooks.keys.jwks(time.time()), headers={
         "cache-control": f"public, max-age={JWKS_MAX_AGE_SECONDS}"})
+
+
+class Rotation(BaseModel):
+    retire_after_hours: float = Field(default=DEFAULT_RETIRE_AFTER_SECONDS / 3600, ge=0,
+                                      le=24 * 365)
+
+
+async def rotate_key(request: Request) -> Response:
+    """A new current signing key for every gateway of the store; the JWKS keeps publishing
+    the previous ones for ``retire_after_hours``."""
+    platform: Platform = request.app.state.platform
+    asked = await read_model(request, Rotation, MAX_ROTATION_BODY)
+    key = await platform.webhooks.keys.rotate(asked.retire_after_hours * 3600)
+    return json_response({"kid": key.kid, **await platform.webhooks.keys.jwks(time.time())},
+                         201)
 
 
 async def show(request: Request) -> Response:

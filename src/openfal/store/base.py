@@ -294,6 +294,9 @@ class Store(Protocol):
     async def put_secret_once(self, name: str, value: bytes) -> bytes:
         """Store ``value`` under ``name`` unless one is there; the stored value."""
         ...
+    async def replace_secret(self, name: str, expected: bytes, value: bytes) -> bool:
+        """Store ``value`` under ``name`` if ``expected`` is what is there now."""
+        ...
 
     # The webhook outbox (rows are added by ``complete``)
     async def claim_due_webhooks(self, now: float, limit: int,

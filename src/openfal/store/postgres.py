@@ -797,6 +797,12 @@ class PostgresStore:
                                " ON CONFLICT (name) DO NOTHING", name, value)
             return await conn.fetchval("SELECT value FROM secrets WHERE name = $1", name)
 
+    async def replace_secret(self, name: str, expected: bytes, value: bytes) -> bool:
+        pool = await self._after_writes()
+        status = await pool.execute("UPDATE secrets SET value = $3 WHERE name = $1"
+                                    " AND value = $2", name, expected, value)
+        return status == "UPDATE 1"
+
     # Webhook outbox
     async def claim_due_webhooks(self, now: float, limit: int,
                                  lease_seconds: float) -> list[WebhookRecord]:

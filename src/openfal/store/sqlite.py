@@ -645,6 +645,11 @@ class SQLiteStore:
             return conn.execute("SELECT value FROM secrets WHERE name=?", (name,)).fetchone()[0]
         return await self._write_returning(write)
 
+    async def replace_secret(self, name: str, expected: bytes, value: bytes) -> bool:
+        return await self._write_returning(lambda conn: conn.execute(
+            "UPDATE secrets SET value=? WHERE name=? AND value=?",
+            (value, name, expected)).rowcount == 1)
+
     # Webhook outbox
     async def claim_due_webhooks(self, now: float, limit: int,
                                  lease_seconds: float) -> list[WebhookRecord]:

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -60,10 +61,11 @@ class DeliveryPolicy:
 class WebhookDelivery:
     """The worker, run as one of the server's services."""
 
-    def __init__(self, store: Store, keys: KeyRing, policy: DeliveryPolicy,
+    def __init__(self, store: Store, legacy_keys_dir: Path, policy: DeliveryPolicy,
                  network: NetworkPolicy):
         self.store = store
-        self.keys = keys
+        self.legacy_keys_dir = legacy_keys_dir  # where release 0.1 kept the signing keys
+        self._keys: KeyRing | None = None
         self.policy = policy
         self.network = network
         self._wakeup = asyncio.Event()
@@ -71,7 +73,15 @@ class WebhookDelivery:
         self._deliveries: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
 
+    @property
+    def keys(self) -> KeyRing:
+        """The signing keys (the store's), once started."""
+        if self._keys is None:
+            raise RuntimeError("webhook delivery has not started")
+        return self._keys
+
     async def start(self) -> None:
+        self._keys = await KeyRing.open(self.store, self.legacy_keys_dir)
         if not self.store.shared:
             # This process owns the store: deliveries the last one had under way were cut
             # short (with a shared store, their leases lapse instead).
@@ -175,7 +185,7 @@ class WebhookDelivery:
         body = await self._body(webhook)
         if body is None:
             return None, "the request no longer exists"
-        headers = signed_headers(self.keys.current(), webhook.request_id, webhook.user_id,
+        headers = signed_headers(await self.keys.current(), webhook.request_id, webhook.user_id,
                                  int(time.time()), body)
         assert self._client is not None
         try:
