@@ -1,6 +1,7 @@
 """openfal: a self-hosted generative-media inference platform that speaks the fal API."""
 
 from openfal.app.app import App, endpoint, realtime
+from openfal.app.batching import Batch, BatchContext
 from openfal.app.context import RequestContext, current_request, partial, progress
 from openfal.app.errors import AppException, FieldException, RequestCancelled
 from openfal.app.media import (
@@ -21,6 +22,8 @@ __all__ = [
     "AppException",
     "Audio",
     "AudioUrl",
+    "Batch",
+    "BatchContext",
     "FieldException",
     "File",
     "FileUrl",

@@ -257,3 +257,38 @@ class Warm(openfal.App):
     def run(self, input: WaitInput) -> dict:
         time.sleep(input.seconds)
         return {"pid": os.getpid()}
+
+
+class BatchItem(BaseModel):
+    value: str
+    group: str = "a"
+    fail: Literal["item", "call"] | None = None
+
+
+class BatchedValue(BaseModel):
+    value: str
+    request_id: str
+    batch: list[str] = Field(description="The values served by the same call, in order.")
+
+
+class Batched(openfal.App):
+    """A batched endpoint: requests of one group share a call of up to 4."""
+
+    app_name = "batched"
+    max_multiplexing = 4
+    keep_alive = 60
+
+    @openfal.endpoint("/", batch=openfal.Batch(max_size=4, wait_seconds=3.0,
+                                               key=lambda item: item.group))
+    def run(self, items: list[BatchItem]) -> list[BatchedValue]:
+        ctx = openfal.current_request()
+        assert isinstance(ctx, openfal.BatchContext)
+        values = [item.value for item in items]
+        print(f"serving {', '.join(values)} in one call")
+        openfal.progress(1, 1)
+        if any(item.fail == "call" for item in items):
+            raise RuntimeError("this input breaks the whole call")
+        return [openfal.AppException(f"{item.value} is refused", 400, "refused")
+                if item.fail == "item"
+                else BatchedValue(value=item.value, request_id=member.request_id, batch=values)
+                for item, member in zip(items, ctx.members, strict=True)]

@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from openfal.app.batching import Batch
 from openfal.app.context import RequestContext, current_request
 
 _ENDPOINT_MARK = "__openfal_endpoint__"
+_BATCH_MARK = "__openfal_batch__"
 _REALTIME_MARK = "__openfal_realtime__"
 _PATH_RE = re.compile(r"^/([A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*)?$")
 # Sub-paths that would collide with the queue's by-id URLs. ("/stream" is allowed: a POST to
@@ -46,15 +48,21 @@ class EndpointSpec:
     is_async: bool
     # Set for endpoints also served over a websocket (``@openfal.realtime``).
     realtime: RealtimeConfig | None = None
+    # Set for endpoints that serve several requests in one call (app/batching.py); the
+    # models above are then those of one request.
+    batch: Batch | None = None
 
 
-def endpoint(path: str = "/") -> Callable[[Callable], Callable]:
-    """Mark an App method as the endpoint served at ``path`` (``"/"`` is the app's root)."""
+def endpoint(path: str = "/", *, batch: Batch | None = None) -> Callable[[Callable], Callable]:
+    """Mark an App method as the endpoint served at ``path`` (``"/"`` is the app's root).
+    With ``batch``, the method takes a list of inputs and returns a list of outputs (see
+    :mod:`openfal.app.batching`)."""
     if not _PATH_RE.match(path) or path in _RESERVED_PATHS:
         raise ValueError(f"invalid endpoint path {path!r}: use '/' or '/name[/name...]'")
 
     def mark(fn: Callable) -> Callable:
         setattr(fn, _ENDPOINT_MARK, path)
+        setattr(fn, _BATCH_MARK, batch)
         return fn
 
     return mark
@@ -81,19 +89,33 @@ def _kebab(name: str) -> str:
 def _endpoint_spec(path: str, fn: Callable) -> EndpointSpec:
     hints = typing.get_type_hints(fn)
     params = list(inspect.signature(fn).parameters.values())[1:]
-    if len(params) > 1:
-        raise TypeError(f"endpoint {fn.__qualname__} must take one pydantic model argument")
+    batch: Batch | None = getattr(fn, _BATCH_MARK, None)
+    if len(params) > 1 or (batch is not None and not params):
+        raise TypeError(f"endpoint {fn.__qualname__} must take one pydantic model argument"
+                        + (" (a list of them: it batches)" if batch else ""))
     input_model = hints.get(params[0].name) if params else None
+    output_model = hints.get("return")
+    if batch is not None:
+        input_model = _list_item(input_model, fn, "argument")
+        output_model = _list_item(output_model, fn, "return type")
     if params and not (isinstance(input_model, type) and issubclass(input_model, BaseModel)):
         raise TypeError(f"endpoint {fn.__qualname__}: its argument must be a pydantic model")
     return EndpointSpec(
         path=path,
         method_name=fn.__name__,
         input_model=input_model,
-        output_model=hints.get("return"),
+        output_model=output_model,
         is_async=inspect.iscoroutinefunction(fn),
         realtime=getattr(fn, _REALTIME_MARK, None),
+        batch=batch,
     )
+
+
+def _list_item(annotation: Any, fn: Callable, what: str) -> Any:
+    """``X`` of a batched endpoint's ``list[X]``."""
+    if typing.get_origin(annotation) is not list:
+        raise TypeError(f"batched endpoint {fn.__qualname__}: its {what} must be list[...]")
+    return typing.get_args(annotation)[0]
 
 
 class App:
@@ -157,6 +179,12 @@ class App:
             raise ValueError(f"{cls.__name__}: max_multiplexing and max_concurrency must be >= 1")
         if not 0 <= cls.min_concurrency <= cls.max_concurrency:
             raise ValueError(f"{cls.__name__}: min_concurrency must be in [0, max_concurrency]")
+        for spec in cls._endpoints.values():
+            if spec.batch is not None and spec.batch.max_size > cls.max_multiplexing:
+                raise ValueError(
+                    f"{cls.__name__}: endpoint {spec.path} batches up to "
+                    f"{spec.batch.max_size} requests, so max_multiplexing (a runner's "
+                    f"requests at once) must be at least that, not {cls.max_multiplexing}")
 
     @classmethod
     def endpoints(cls) -> dict[str, EndpointSpec]:

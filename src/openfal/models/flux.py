@@ -11,6 +11,9 @@ per runner and never per request. Shared behaviour:
   without a seed one is drawn and returned.
 - Every step reports progress and is a cancellation point; a streaming caller (``/stream``)
   also gets a few decoded previews of the latents.
+- Batching: the text-to-image endpoints serve up to four waiting requests alike in size,
+  steps, guidance and image count in one pipeline call (``FLUX_BATCH``), each with its own
+  prompt, seed and generator.
 - Safety: openfal ships no NSFW classifier, so nothing is filtered and no check is claimed:
   ``has_nsfw_concepts`` is null for each image, ``safety_checked`` is false and ``notice``
   says so. When the weights are a random test model (``openfal models make-tiny``) the images
@@ -20,10 +23,11 @@ per runner and never per request. Shared behaviour:
 from __future__ import annotations
 
 import math
+import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -193,28 +197,45 @@ class DiffusersApp(openfal.App):
         return LoadedPipeline(place_pipeline(pipeline, device), is_tiny_random(path), device)
 
     def generate(self, loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
-                 seed: int | None, steps: int, output_size: tuple[int, int] | None,
-                 loras: Sequence[Any] | None = None, preview: PreviewDecoder | None = None,
-                 accelerate: Accelerator | None = None) -> GeneratedImages:
+                 seed: int | None, **options: Any) -> GeneratedImages:
         """Run ``pipeline`` (``loaded``'s or a variant of it) with ``call``'s arguments (see
-        :func:`seeded_call`); the images come back resized to ``output_size`` (None: as
-        generated)."""
-        output, seed, seconds = seeded_call(loaded, pipeline, call, seed=seed, steps=steps,
-                                            loras=loras, preview=preview,
-                                            accelerate=accelerate)
+        :func:`seeded_call`; ``options`` as :meth:`generate_batch` takes them)."""
+        return self.generate_batch(loaded, pipeline, call, seeds=[seed], **options)[0]
+
+    def generate_batch(self, loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
+                       seeds: Sequence[int | None], steps: int,
+                       output_size: tuple[int, int] | None,
+                       loras: Sequence[Any] | None = None,
+                       preview: PreviewDecoder | None = None,
+                       accelerate: Accelerator | None = None) -> list[GeneratedImages]:
+        """One pipeline call for several requests (``call``'s prompt a list, one per seed);
+        each request's images, generated from its own seed, come back resized to
+        ``output_size`` (None: as generated)."""
+        per_seed = call.get("num_images_per_prompt", 1)
+        output, seeds, seconds = seeded_call(loaded, pipeline, call, seeds=seeds,
+                                             images_per_seed=per_seed, steps=steps,
+                                             loras=loras, preview=preview,
+                                             accelerate=accelerate)
         images = output.images
         if output_size is not None:
             images = [fit(image, output_size) for image in images]
-        return GeneratedImages(images, seed, seconds, loaded.noise)
+        return [GeneratedImages(images[i * per_seed:(i + 1) * per_seed], seed, seconds,
+                                loaded.noise) for i, seed in enumerate(seeds)]
 
 
 def seeded_call(loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
-                seed: int | None, steps: int, loras: Sequence[Any] | None = None,
-                preview: PreviewDecoder | None = None, accelerate: Accelerator | None = None,
-                noise_notice: str = NOISE_NOTICE) -> tuple[Any, int, float]:
-    """Run ``pipeline`` with ``call`` plus the seed's CPU generator and a step reporter
-    (progress, cancellation, previews), with ``loras`` applied for this call only, under the
-    pipeline's lock. Returns the pipeline's output, the seed and the seconds it took."""
+                seeds: Sequence[int | None], steps: int, images_per_seed: int = 1,
+                loras: Sequence[Any] | None = None, preview: PreviewDecoder | None = None,
+                accelerate: Accelerator | None = None,
+                noise_notice: str = NOISE_NOTICE) -> tuple[Any, list[int], float]:
+    """Run ``pipeline`` with ``call`` plus a CPU generator per seed (drawn where None) and
+    a step reporter (progress, cancellation, previews), with ``loras`` applied for this call
+    only, under the pipeline's lock. Returns the pipeline's output, the seeds and the
+    seconds it took.
+
+    With several seeds (a batch), each seed's generator draws the noise of its own
+    ``images_per_seed`` images, in the order one generator alone draws them, so a request's
+    images match its unbatched ones up to the arithmetic of batched matrix products."""
     import torch
 
     from openfal.models.lora import fetch_loras, lora_adapters
@@ -222,14 +243,16 @@ def seeded_call(loaded: LoadedPipeline, pipeline: Any, call: dict[str, Any], *,
     files: list[LoraFile] = fetch_loras(loras)
     if loaded.noise:
         print(noise_notice)
-    seed = seed if seed is not None else secrets.randbits(32)
-    generator = torch.Generator(device="cpu").manual_seed(seed % 2**64)
+    drawn = [seed if seed is not None else secrets.randbits(32) for seed in seeds]
+    generators = [torch.Generator(device="cpu").manual_seed(seed % 2**64) for seed in drawn]
+    generator = (generators[0] if len(generators) == 1
+                 else [g for g in generators for _ in range(images_per_seed)])
     started = time.perf_counter()
     speedup = accelerate(pipeline) if accelerate else nullcontext()
     with loaded.lock, lora_adapters(pipeline, files), speedup:
         output = pipeline(**call, generator=generator,
                           callback_on_step_end=StepReporter(steps, preview))
-    return output, seed, time.perf_counter() - started
+    return output, drawn, time.perf_counter() - started
 
 
 @dataclass
@@ -404,15 +427,44 @@ class FluxBase(DiffusersApp):
                       accelerate: Accelerator | None = None) -> OutputModel:
         """Text-to-image at ``input.image_size``, seeded by ``input.seed``, as
         ``input.output_format``."""
+        return self.generate_flux_batch(hub_id, [input], output_model, loras=loras,
+                                        num_images=num_images, accelerate=accelerate)[0]
+
+    def generate_flux_batch(self, hub_id: str, inputs: Sequence[Any],
+                            output_model: type[OutputModel], *,
+                            loras: Sequence[Any] | None = None, num_images: int | None = None,
+                            accelerate: Accelerator | None = None) -> list[OutputModel]:
+        """:meth:`generate_flux` for inputs alike in all :func:`flux_batch_key` names, in
+        one pipeline call: their prompts, seeds and output formats are their own."""
+        first = inputs[0]
         loaded = self.loaded(hub_id)
         pipeline = loaded.pipeline
-        size = requested_size(input.image_size)
+        size = requested_size(first.image_size)
         width, height = generation_size(*size)
-        generated = self.generate(
-            loaded, pipeline, self.flux_call(pipeline, input, width, height, num_images),
-            seed=input.seed, steps=input.num_inference_steps, output_size=size, loras=loras,
+        call = self.flux_call(pipeline, first, width, height, num_images)
+        if len(inputs) > 1:
+            call["prompt"] = [input.prompt for input in inputs]
+        generated = self.generate_batch(
+            loaded, pipeline, call, seeds=[input.seed for input in inputs],
+            steps=first.num_inference_steps, output_size=size, loras=loras,
             preview=packed_preview(pipeline, width, height), accelerate=accelerate)
-        return generated.result(output_model, input.prompt, input.output_format)
+        return [images.result(output_model, input.prompt, input.output_format)
+                for images, input in zip(generated, inputs, strict=True)]
+
+
+def flux_batch_key(input: Any) -> Hashable:
+    """What FLUX requests must share to be generated in one call."""
+    return (requested_size(input.image_size), input.num_inference_steps,
+            input.guidance_scale, input.num_images)
+
+
+# Up to four requests a call. No window by default: a lone request is not delayed, and under
+# load the next batch gathers while one runs (a runner takes two batches' worth at once).
+# OPENFAL_FLUX_BATCH_WAIT_SECONDS sets a window, for bursts that arrive spread out.
+FLUX_BATCH = openfal.Batch(
+    max_size=4, key=flux_batch_key,
+    wait_seconds=float(os.environ.get("OPENFAL_FLUX_BATCH_WAIT_SECONDS", "0")))
+FLUX_MULTIPLEXING = 2 * FLUX_BATCH.max_size
 
 
 class Flux(FluxBase):
@@ -420,21 +472,23 @@ class Flux(FluxBase):
 
     app_owner = "fal-ai"
     app_name = "flux"
+    max_multiplexing = FLUX_MULTIPLEXING
 
-    @openfal.endpoint("/schnell")
-    def schnell(self, input: FluxSchnellInput) -> FluxOutput:
-        return self.generate_flux(SCHNELL, input, FluxOutput)
+    @openfal.endpoint("/schnell", batch=FLUX_BATCH)
+    def schnell(self, inputs: list[FluxSchnellInput]) -> list[FluxOutput]:
+        return self.generate_flux_batch(SCHNELL, inputs, FluxOutput)
 
-    @openfal.endpoint("/dev")
-    def dev(self, input: FluxInput) -> FluxOutput:
-        return self.generate_flux(DEV, input, FluxOutput)
+    @openfal.endpoint("/dev", batch=FLUX_BATCH)
+    def dev(self, inputs: list[FluxInput]) -> list[FluxOutput]:
+        return self.generate_flux_batch(DEV, inputs, FluxOutput)
 
 
 class OpenfalFlux(FluxBase):
     """``openfal/flux``: FLUX.1 [schnell] under openfal's own name."""
 
     app_name = "flux"
+    max_multiplexing = FLUX_MULTIPLEXING
 
-    @openfal.endpoint("/")
-    def run(self, input: FluxSchnellInput) -> FluxOutput:
-        return self.generate_flux(SCHNELL, input, FluxOutput)
+    @openfal.endpoint("/", batch=FLUX_BATCH)
+    def run(self, inputs: list[FluxSchnellInput]) -> list[FluxOutput]:
+        return self.generate_flux_batch(SCHNELL, inputs, FluxOutput)

@@ -95,8 +95,9 @@ class VideoDiffusionApp(DiffusersApp):
         """``pipeline`` run with ``call`` (which holds everything but the frame count, the
         generator and the callback) for ``num_frames`` frames at ``output_size``."""
         call = {**call, "num_frames": generation_frames(num_frames), "output_type": "np"}
-        output, seed, seconds = seeded_call(loaded, pipeline, call, seed=seed, steps=steps,
-                                            loras=loras, noise_notice=VIDEO_NOISE_NOTICE)
+        output, [seed], seconds = seeded_call(loaded, pipeline, call, seeds=[seed],
+                                              steps=steps, loras=loras,
+                                              noise_notice=VIDEO_NOISE_NOTICE)
         frames = [fit(to_pil(frame), output_size) for frame in output.frames[0][:num_frames]]
         return GeneratedVideo(frames, seed, seconds, loaded.noise)
 

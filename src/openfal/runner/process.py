@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import functools
 import io
 import logging
 import os
@@ -43,6 +44,7 @@ from openfal.app.errors import (
 from openfal.app.inputs import fetch_inputs, may_hold_files
 from openfal.app.loader import load_app
 from openfal.app.media import configure as configure_media
+from openfal.runner.batcher import Batcher
 from openfal.runner.environment import media_config_from_environment
 from openfal.runner.protocol import (
     Cancel,
@@ -170,6 +172,11 @@ class Runner:
         # starts anyway and forwards what an upstream serves (see run_endpoint).
         self.unavailable: ModelUnavailable | None = None
         self.forwarding: set[str] = set()  # requests of sync endpoints now at an upstream
+        batch_lock = asyncio.Lock()
+        self.batchers = {
+            spec.path: Batcher(spec.batch, functools.partial(self.call, getattr(
+                self.app, spec.method_name)), batch_lock, self._flush_output)
+            for spec in app_cls.endpoints().values() if spec.batch is not None}
 
     def send(self, message: Message) -> None:
         frame = encode(message)
@@ -233,7 +240,9 @@ class Runner:
             return
         ctx, task = entry
         ctx.cancel()
-        if self.app_cls.endpoints()[ctx.endpoint].is_async or ctx.request_id in self.forwarding:
+        if (batcher := self.batchers.get(ctx.endpoint)) is not None:
+            batcher.cancel(ctx.request_id)
+        elif self.app_cls.endpoints()[ctx.endpoint].is_async or ctx.request_id in self.forwarding:
             task.cancel()
 
     async def serve(self, ctx: RequestContext, path: str, body: bytes) -> None:
@@ -246,11 +255,15 @@ class Runner:
             ctx.log(traceback.format_exc(), level="ERROR")
             status, payload, headers = _SERVER_ERROR
         finally:
-            self.stdout.finish(ctx)
-            self.stderr.finish(ctx)
+            self._flush_output(ctx)
         if ctx.billable_units is not None:
             headers = {**headers, "x-fal-billable-units": f"{ctx.billable_units:g}"}
         self.send(Result(ctx.request_id, status, payload, headers, self.hints()))
+
+    def _flush_output(self, ctx: RequestContext) -> None:
+        """What ``ctx``'s code printed without a final newline, as its last log lines."""
+        self.stdout.finish(ctx)
+        self.stderr.finish(ctx)
 
     async def invoke(self, ctx: RequestContext, spec: EndpointSpec | None,
                      body: bytes) -> tuple[int, bytes, dict[str, str]]:
@@ -299,6 +312,8 @@ class Runner:
                 # Without its old traceback: raising one instance again and again would
                 # chain every request's frames (and inputs) onto it.
                 raise self.unavailable.with_traceback(None)
+            if (batcher := self.batchers.get(spec.path)) is not None:
+                return await batcher.submit(ctx, args[0])
             return await self.call(getattr(self.app, spec.method_name), *args)
         except ModelUnavailable as exc:
             if not upstream_serves(ctx.endpoint_id):
