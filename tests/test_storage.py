@@ -514,6 +514,19 @@ def test_expired_is_gone_at_once(backend: Backend) -> None:
     assert not backend.holds(stored.id)
 
 
+def test_stored_bytes_counts_the_stored_files_alone(backend: Backend) -> None:
+    storage = backend.open()
+    assert storage.stored_bytes() == 0
+    storage.put(b"abc", file_name="a", content_type="text/plain", expires_at=time.time() + 60)
+    kept = storage.put(DATA, file_name="b", content_type="text/plain")
+    upload = storage.create_multipart(file_name="c", content_type="text/plain")
+    storage.put_part(upload.upload_id, 1, b"a part, not yet a file")
+    (storage.staging_dir / "staged").write_bytes(b"not a file either")
+    assert storage.stored_bytes() == 3 + len(DATA)
+    storage.delete(kept.id)
+    assert storage.stored_bytes() == 3
+
+
 # The S3 store
 def test_s3_urls(tmp_path: Path) -> None:
     assert parse_url("s3://bucket") == ("bucket", "")

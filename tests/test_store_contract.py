@@ -23,6 +23,8 @@ from openfal.errors import ConfigError
 from openfal.store import open_store
 from openfal.store.base import (
     Claim,
+    HistoryQuery,
+    HistoryStatus,
     KeyRecord,
     LogEntry,
     Mode,
@@ -782,3 +784,111 @@ async def test_an_unreachable_database_is_a_config_error_naming_it(tmp_path: Pat
             await store.open()
     assert "secret" not in str(error.value)
     assert "\n" not in str(error.value)
+
+
+# Request history and metrics
+def ids_of(records: list[RequestRecord]) -> list[str]:
+    return [record.id for record in records]
+
+
+async def pages(store: Store, query: HistoryQuery) -> list[list[str]]:
+    """Every page of a listing, each continuing after the last request of the one before."""
+    found: list[list[str]] = []
+    while True:
+        page = await store.history(query)
+        if not page:
+            return found
+        found.append(ids_of(page))
+        query.before = (page[-1].created_at, page[-1].id)
+
+
+async def test_history_pages_newest_first_without_gaps_or_repeats(store: Store) -> None:
+    # Three requests share each instant: the id breaks the tie, across page boundaries too.
+    await add(store, *(queued(f"r{i:02}", created_at=T0 + i // 3) for i in range(20)))
+    newest_first = sorted((f"r{i:02}" for i in range(20)),
+                          key=lambda rid: (int(rid[1:]) // 3, rid), reverse=True)
+    listed = await pages(store, HistoryQuery(start=T0, limit=7))
+    assert [len(page) for page in listed] == [7, 7, 6]
+    assert [rid for page in listed for rid in page] == newest_first
+    # A request arriving between two pages appears on no later page (it is newer).
+    first = await store.history(HistoryQuery(start=T0, limit=5))
+    await store.add_request(queued("late", created_at=T0 + 100))
+    rest = await pages(store, HistoryQuery(start=T0, limit=5,
+                                           before=(first[-1].created_at, first[-1].id)))
+    assert ids_of(first) + [rid for page in rest for rid in page] == newest_first
+
+
+async def test_history_filters_by_time_endpoint_and_key(store: Store) -> None:
+    await add(store, queued("old", created_at=T0 - 10), queued("a", created_at=T0, key="k1"),
+              queued("b", endpoint="o/b", created_at=T0 + 1, key="k1"),
+              queued("c", created_at=T0 + 2, key="k2"), queued("anon", created_at=T0 + 3),
+              queued("edge", created_at=T0 + 5))
+    assert ids_of(await store.history(HistoryQuery(start=T0, end=T0 + 5))) == [
+        "anon", "c", "b", "a"]
+    assert ids_of(await store.history(HistoryQuery(start=T0 - 10, end=T0 + 1))) == [
+        "a", "old"]
+    assert ids_of(await store.history(HistoryQuery(start=T0, endpoint_id="o/a"))) == [
+        "edge", "anon", "c", "a"]
+    assert ids_of(await store.history(HistoryQuery(start=T0, key_id="k1"))) == ["b", "a"]
+    assert ids_of(await store.history(HistoryQuery(start=T0, key_id="k1",
+                                                   endpoint_id="o/b"))) == ["b"]
+
+
+async def test_history_filters_by_state(store: Store) -> None:
+    await add(store, *(queued(name, created_at=T0 + i) for i, name in enumerate(
+        ["done", "failed", "running", "cancelled", "waiting"])))
+    done, failed, _ = await claim(store, limit=3)
+    assert await store.complete("done", ok(), NOW, attempt_id=done.attempt_id)
+    assert await store.complete("failed", Outcome(400, b'{"detail": "no"}', "no", "bad"), NOW,
+                                attempt_id=failed.attempt_id)
+    assert await store.complete("cancelled", Outcome(499, b"{}", "cancelled", "cancelled"),
+                                NOW)
+
+    async def listed(status: HistoryStatus) -> list[str]:
+        return ids_of(await store.history(HistoryQuery(start=T0, status=status)))
+
+    assert await listed(HistoryStatus.COMPLETED) == ["done"]
+    assert await listed(HistoryStatus.FAILED) == ["cancelled", "failed"]
+    assert await listed(HistoryStatus.IN_PROGRESS) == ["running"]
+    assert await listed(HistoryStatus.IN_QUEUE) == ["waiting"]
+    states = {record.id: record.history_status
+              for record in await store.history(HistoryQuery(start=T0))}
+    assert states == {"done": HistoryStatus.COMPLETED, "failed": HistoryStatus.FAILED,
+                      "cancelled": HistoryStatus.FAILED, "running": HistoryStatus.IN_PROGRESS,
+                      "waiting": HistoryStatus.IN_QUEUE}
+
+
+async def test_dropping_payloads_keeps_the_rest_and_gives_the_body_once(store: Store) -> None:
+    await add(store, queued("done"), queued("waiting", created_at=T0 + 1))
+    [done] = await claim(store, limit=1)
+    assert await store.complete("done", ok(b'{"out": 1}'), NOW, attempt_id=done.attempt_id)
+    assert await store.drop_payloads("done") == b'{"out": 1}'
+    assert await store.drop_payloads("done") is None
+    dropped = await store.get_request("done")
+    assert dropped is not None
+    assert (dropped.payload, dropped.result_body) == (b"", None)
+    assert (dropped.status, dropped.result_status, dropped.finished_at) == (
+        Status.COMPLETED, 200, NOW)
+    # An unfinished request keeps its input (a later attempt needs it); unknown: nothing.
+    assert await store.drop_payloads("waiting") is None
+    waiting = await store.get_request("waiting")
+    assert waiting is not None and waiting.payload == b'{"id": "waiting"}'
+    assert await store.drop_payloads("unknown") is None
+
+
+async def test_unfinished_counts_and_webhook_backlog(store: Store) -> None:
+    await add(store, *(queued(f"a{i}", created_at=T0 + i) for i in range(4)),
+              *(queued(f"b{i}", endpoint="o/b", created_at=T0 + 10 + i) for i in range(2)))
+    assert await store.webhook_backlog() == {"pending": 0, "delivering": 0}
+    assert await store.unfinished_counts() == {("o/a", Status.IN_QUEUE): 4,
+                                               ("o/b", Status.IN_QUEUE): 2}
+    first, _ = await claim(store, limit=2)
+    assert await store.complete(first.request.id, ok(), NOW, HOOK,
+                                attempt_id=first.attempt_id)
+    assert await store.complete("b0", ok(), NOW, HOOK)
+    assert await store.unfinished_counts() == {("o/a", Status.IN_QUEUE): 2,
+                                               ("o/a", Status.IN_PROGRESS): 1,
+                                               ("o/b", Status.IN_QUEUE): 1}
+    assert await store.webhook_backlog() == {"pending": 2, "delivering": 0}
+    await store.claim_due_webhooks(NOW, 1, 60)
+    assert await store.webhook_backlog() == {"pending": 1, "delivering": 1}

@@ -135,6 +135,9 @@ def serve(
     lease_seconds: Annotated[float, typer.Option(
         min=1, help="How long a request stays claimed by a worker that stops renewing its "
         "lease (it died, froze or lost the network) before it is retried.")] = 30,
+    public_metrics: Annotated[bool, typer.Option(
+        "--public-metrics", help="Serve GET /metrics (Prometheus) without a key; by default "
+        "it needs an ADMIN key.")] = False,
 ) -> None:
     """Start the platform: gateway, queue and runners, with state in DATA_DIR."""
     if not tls and (tls_names or proxy_port is not None):
@@ -169,7 +172,7 @@ def serve(
                         header_timeout_seconds=header_timeout,
                         max_header_bytes=max_header_kb * 1024, upstreams=upstreams,
                         store_url=store, files_url=files, runners=not no_runners,
-                        lease_seconds=lease_seconds)
+                        lease_seconds=lease_seconds, public_metrics=public_metrics)
     try:
         serve_platform(settings, on_ready=lambda platform, url: _announce(settings, platform,
                                                                           url))

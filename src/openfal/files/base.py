@@ -153,3 +153,7 @@ class FileStorage(Protocol):
     def collect_expired(self, now: float) -> int:
         """Delete the files expired at ``now`` (and abandoned uploads); how many files."""
         ...
+
+    def stored_bytes(self) -> int:
+        """The size of every stored file, together (a listing of the whole store)."""
+        ...

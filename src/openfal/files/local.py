@@ -24,7 +24,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -165,6 +165,14 @@ class LocalFileStorage:
                     removed += 1
         self._sweep_abandoned(now - self.abandon_after)
         return removed
+
+    def stored_bytes(self) -> int:
+        total = 0
+        for entry in os.scandir(self.root):
+            if valid_id(entry.name):
+                with suppress(FileNotFoundError):  # deleted meanwhile
+                    total += entry.stat(follow_symlinks=False).st_size
+        return total
 
     def _sweep_abandoned(self, before: float) -> None:
         """Remove unfinished uploads, staged files and data left without a record (a crash

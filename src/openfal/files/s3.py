@@ -238,6 +238,16 @@ class S3FileStorage:
         sweep_stale(self.staging_dir, before)
         return len(expired)
 
+    def stored_bytes(self) -> int:
+        """The files are the objects directly under the prefix (markers and uploads are in
+        folders of it)."""
+        total = 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._prefix, Delimiter="/"):
+            total += sum(item["Size"] for item in page.get("Contents", [])
+                         if valid_id(item["Key"].removeprefix(self._prefix)))
+        return total
+
     def _expired_markers(self, now: float) -> Iterator[tuple[str, str]]:
         """(file id, marker key) of the markers expired at ``now``, in one listing that
         stops at the first marker still in the future."""

@@ -15,7 +15,9 @@ from starlette.routing import Route, WebSocketRoute
 
 from openfal.dispatcher.dispatcher import ShuttingDown, shutting_down
 from openfal.gateway import (
+    history_routes,
     key_routes,
+    metrics_routes,
     models_api,
     openapi_routes,
     platform_routes,
@@ -32,6 +34,7 @@ from openfal.gateway.client_proxy import ClientProxy
 from openfal.gateway.hosts import HostRouting
 from openfal.gateway.http import HTTPError, json_response
 from openfal.server import Platform
+from openfal.web import playground
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +62,17 @@ def route(path: str, handler: Handler, methods: list[str], access: Access) -> Ro
 # what an anonymous caller may do (public apps, requests made anonymously).
 ROUTES = [
     route("/health", platform_routes.health, ["GET"], P),
+    *(route(path, handler, ["GET"], P) for path, handler in playground.ROUTES),
     route("/.well-known/jwks.json", webhook_routes.jwks, ["GET"], P),
     route("/openapi.json", openapi_routes.ServerDocument(ACCESS), ["GET"], K),
     route("/api/apps", platform_routes.apps, ["GET"], K),
     route("/v1/models", models_api.list_models, ["GET"], K),
+    route("/v1/models/requests", history_routes.list_requests, ["GET"], K),
+    route("/v1/models/requests/by-endpoint", history_routes.list_by_endpoint, ["GET"], K),
+    route("/v1/models/requests/{request_id}/payloads", history_routes.delete_payloads,
+          ["DELETE"], K),
+    # ADMIN unless the server runs with --public-metrics: the handler checks the key itself.
+    route("/metrics", metrics_routes.metrics, ["GET"], P),
     route("/api/runners", platform_routes.runners, ["GET"], A),
     route("/api/keys", key_routes.list_keys, ["GET"], A),
     route("/api/keys", key_routes.create_key, ["POST"], A),

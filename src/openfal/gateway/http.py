@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, TypeVar
 
 import pydantic_core
@@ -67,6 +68,19 @@ async def read_model(request: Request, model: type[M], limit: int) -> M:
         return model.model_validate_json(body if body.strip() else b"{}")
     except ValidationError as exc:
         raise HTTPError(422, validation_detail(exc)) from None
+
+
+def read_query(request: Request, model: type[M], lists: Collection[str] = ()) -> M:
+    """The query string as ``model``: ``lists`` names the repeatable parameters, an empty
+    value counts as absent and unknown parameters are ignored; 422 naming the parameters it
+    gets wrong."""
+    params = request.query_params
+    given = {name: params.getlist(name) if name in lists else params[name]
+             for name in model.model_fields if params.get(name)}
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        raise HTTPError(422, validation_detail(exc, ("query",))) from None
 
 
 def _too_large(limit: int) -> HTTPError:

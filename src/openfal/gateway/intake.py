@@ -16,6 +16,7 @@ from openfal.dispatcher.jobs import Priority
 from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.gateway.auth import principal, require_key_for_app
 from openfal.gateway.http import HTTPError, field_error, read_body
+from openfal.store.base import Mode
 from openfal.upstream.placement import NOT_CONFIGURED, is_routed_only, not_configured
 
 if TYPE_CHECKING:
@@ -78,9 +79,9 @@ async def validated_payload(request: Request, platform: Platform, spec: Endpoint
     return body
 
 
-def job_options(request: Request) -> tuple[Priority, dict[str, Any]]:
+def job_options(request: Request, mode: Mode) -> tuple[Priority, dict[str, Any]]:
     headers = request.headers
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = _io_options(headers.get("x-fal-store-io"), mode)
     timeout = headers.get("x-fal-request-timeout")
     if timeout is not None:
         try:
@@ -105,6 +106,18 @@ def job_options(request: Request) -> tuple[Priority, dict[str, Any]]:
     except InvalidLifecycle as exc:
         raise HTTPError(422, exc.detail) from None
     return _PRIORITIES[priority_name], options
+
+
+def _io_options(store_io: str | None, mode: Mode) -> dict[str, Any]:
+    """``X-Fal-Store-IO: 0`` keeps the request's input and result out of its history: a
+    direct run's are dropped when it ends (``transient_io``, as realtime frames are), a
+    queued one's once its result has been delivered, so that it can be fetched once
+    (``store_io``: see ``RequestRecord.io_dropped_once_delivered``)."""
+    if store_io is None or store_io == "1":
+        return {}
+    if store_io != "0":
+        raise field_error(["header", "x-fal-store-io"], "must be 0 or 1")
+    return {"store_io": False} if mode is Mode.QUEUE else {"transient_io": True}
 
 
 def forwarded_headers(request: Request) -> dict[str, str]:

@@ -18,18 +18,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, NotRequired
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from openfal.app.app import App, EndpointSpec
-from openfal.app.errors import validation_detail
 from openfal.app.registry import ServedApp
 from openfal.app.schema import endpoint_openapi
 from openfal.catalog import ENDPOINTS
 from openfal.gateway.hosts import queue_prefix
-from openfal.gateway.http import HTTPError, json_response
+from openfal.gateway.http import json_response, read_query
 from openfal.gateway.intake import resolve_endpoint
 from openfal.gateway.urls import base_url
 from openfal.server import Platform
@@ -58,13 +57,7 @@ class ModelsQuery(BaseModel):
 
     @classmethod
     def parse(cls, request: Request) -> ModelsQuery:
-        params = request.query_params
-        given: dict[str, Any] = {name: params.getlist(name) if name in _LISTS else params[name]
-                                 for name in cls.model_fields if params.get(name)}
-        try:
-            return cls.model_validate(given)
-        except ValidationError as exc:
-            raise HTTPError(422, validation_detail(exc, ("query",))) from None
+        return read_query(request, cls, _LISTS)
 
 
 class ModelMetadata(TypedDict):

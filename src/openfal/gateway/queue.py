@@ -35,7 +35,7 @@ _TRUE = {"1", "true", "yes"}
 async def submit(request: Request) -> Response:
     platform: Platform = request.app.state.platform
     app, spec = callable_endpoint(request, request.path_params["endpoint_id"])
-    priority, options = job_options(request)
+    priority, options = job_options(request, Mode.QUEUE)
     key_id, key_limits = key_options(request)
     limit = max_queue_length(request)
     webhook = await webhook_options(request)
@@ -192,9 +192,16 @@ async def result(request: Request) -> Response:
     record = view.record
     if record is None or record.result_status is None:
         raise HTTPError(400, "Request is still in progress", "request_in_progress")
+    body = record.result_body
+    if record.io_dropped_once_delivered:  # X-Fal-Store-IO: 0: this fetch delivers it
+        platform: Platform = request.app.state.platform
+        body = await platform.store.drop_payloads(record.id)
+        platform.dispatcher.forget(record.id)
+    if body is None:
+        raise HTTPError(410, "The result is not kept: it was delivered once "
+                        "(X-Fal-Store-IO: 0) or its payloads were deleted", "result_not_kept")
     headers = {"x-fal-request-id": record.id, **record.result_headers}
-    return Response(record.result_body, record.result_status, headers,
-                    media_type="application/json")
+    return Response(body, record.result_status, headers, media_type="application/json")
 
 
 async def cancel(request: Request) -> Response:

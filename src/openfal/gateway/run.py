@@ -42,7 +42,7 @@ async def _direct_job(request: Request, streaming: bool = False) -> tuple[Platfo
         # endpoint whose own path ends in ``/stream``.
         endpoint_id += "/stream"
     app, spec = callable_endpoint(request, endpoint_id)
-    _, options = job_options(request)
+    _, options = job_options(request, Mode.DIRECT)
     key_id, key_limits = key_options(request)
     payload = await validated_payload(request, platform, spec)
     ensure_runnable(platform, app, spec)

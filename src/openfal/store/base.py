@@ -23,6 +23,16 @@ class Mode(enum.StrEnum):
     DIRECT = "direct"
 
 
+class HistoryStatus(enum.StrEnum):
+    """A request's state as the request history shows it: a finished request is COMPLETED
+    when its status code is below 400, FAILED otherwise (cancelled ones included)."""
+
+    IN_QUEUE = "IN_QUEUE"
+    IN_PROGRESS = "IN_PROGRESS"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
 @dataclass
 class RequestRecord:
     """One request as stored: its input, its options and, once finished, its outcome."""
@@ -51,6 +61,19 @@ class RequestRecord:
     billable_units: float | None = None
     attempt_id: str | None = None  # the running (or last) attempt's id
     cancel_requested: bool = False
+
+    @property
+    def history_status(self) -> HistoryStatus:
+        if self.status is not Status.COMPLETED:
+            return HistoryStatus(self.status.value)
+        ok = self.result_status is not None and self.result_status < 400
+        return HistoryStatus.COMPLETED if ok else HistoryStatus.FAILED
+
+    @property
+    def io_dropped_once_delivered(self) -> bool:
+        """Queued with ``X-Fal-Store-IO: 0``: its input and result are dropped once the
+        result has been delivered (fetched once, or its webhook acknowledged)."""
+        return self.options.get("store_io") is False
 
 
 @dataclass
@@ -143,6 +166,22 @@ class WebhookAttempt:
     status_code: int | None = None
     error: str | None = None
     duration: float | None = None
+
+
+@dataclass
+class HistoryQuery:
+    """Which requests a page of the request history lists, newest first: those created in
+    ``[start, end)`` (``end`` None: no bound), of one endpoint and key when given
+    (``key_id`` None: every key's), in one state when given; ``before``, the
+    ``(created_at, id)`` of the last request of the previous page, continues after it."""
+
+    start: float
+    end: float | None = None
+    endpoint_id: str | None = None
+    key_id: str | None = None
+    status: HistoryStatus | None = None
+    before: tuple[float, str] | None = None
+    limit: int = 50
 
 
 @dataclass
@@ -281,6 +320,23 @@ class Store(Protocol):
         other requests go on between them); how many."""
         ...
     async def request_id_for_attempt(self, attempt_id: str) -> str | None: ...
+
+    # Request history and metrics
+    async def history(self, query: HistoryQuery) -> list[RequestRecord]:
+        """Up to ``query.limit`` requests, newest first (``created_at``, then ``id``,
+        descending: a stable order to page through with ``query.before``)."""
+        ...
+    def drop_payloads(self, request_id: str) -> asyncio.Future[bytes | None]:
+        """Drop a finished request's stored input and result body (the rest of its row
+        stays); the result body it had: None if it had none any more, or the request is
+        unfinished or unknown (then nothing changes)."""
+        ...
+    async def unfinished_counts(self) -> dict[tuple[str, Status], int]:
+        """Requests waiting and running, by endpoint id and status."""
+        ...
+    async def webhook_backlog(self) -> dict[str, int]:
+        """Webhooks not yet delivered nor given up on, by state (pending, delivering)."""
+        ...
 
     # API keys and usage
     def add_key(self, key: KeyRecord) -> asyncio.Future[None]: ...

@@ -33,6 +33,7 @@ from openfal.errors import ConfigError
 from openfal.store.base import (
     UNSTARTED,
     Claim,
+    HistoryQuery,
     KeyRecord,
     LeaseReport,
     LogEntry,
@@ -47,6 +48,12 @@ from openfal.store.base import (
 )
 from openfal.store.events import Event, Listener, decode_event, encode_event
 from openfal.store.migrations import migrations
+from openfal.store.reports import (
+    UNFINISHED,
+    WEBHOOK_BACKLOG,
+    history_statement,
+    unfinished_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +178,15 @@ _ADD_WEBHOOK = """INSERT INTO webhooks (request_id, url, user_id, gateway_reques
     VALUES ($1, $2, $3, coalesce((SELECT attempt_id FROM attempts WHERE request_id = $1
                                   ORDER BY attempt DESC LIMIT 1), $1), 'pending', $4, $4)
     ON CONFLICT (request_id) DO NOTHING"""
+
+# A finished request's input and result body dropped; the body it had (locked first, so
+# that of two gateways dropping at once only one gets it).
+_DROP_PAYLOADS = """WITH old AS (
+        SELECT id, result_body FROM requests WHERE id = $1 AND status = 'COMPLETED'
+        FOR UPDATE
+    )
+    UPDATE requests r SET payload = ''::bytea, result_body = NULL FROM old
+    WHERE r.id = old.id RETURNING old.result_body"""
 
 _QUEUE_POSITION = """SELECT (SELECT count(*) FROM requests o
         WHERE o.status = 'IN_QUEUE' AND o.app_id = r.app_id
@@ -748,6 +764,22 @@ class PostgresStore:
     async def request_id_for_attempt(self, attempt_id: str) -> str | None:
         return await self._db.fetchval(
             "SELECT request_id FROM attempts WHERE attempt_id = $1", attempt_id)
+
+    # Request history and metrics
+    async def history(self, query: HistoryQuery) -> list[RequestRecord]:
+        sql, params = history_statement(query, lambda number: f"${number}")
+        return [_record(row) for row in await self._db.fetch(sql, *params)]
+
+    def drop_payloads(self, request_id: str) -> asyncio.Future[bytes | None]:
+        async def write(conn: asyncpg.Connection) -> bytes | None:
+            return await conn.fetchval(_DROP_PAYLOADS, request_id)
+        return self._submit(write)
+
+    async def unfinished_counts(self) -> dict[tuple[str, Status], int]:
+        return unfinished_counts(await self._db.fetch(UNFINISHED))
+
+    async def webhook_backlog(self) -> dict[str, int]:
+        return dict(await self._db.fetch(WEBHOOK_BACKLOG))
 
     # API keys
     def add_key(self, key: KeyRecord) -> asyncio.Future[None]:

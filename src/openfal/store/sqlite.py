@@ -33,6 +33,7 @@ from openfal.errors import ConfigError
 from openfal.store.base import (
     UNSTARTED,
     Claim,
+    HistoryQuery,
     KeyRecord,
     LeaseReport,
     LogEntry,
@@ -47,6 +48,12 @@ from openfal.store.base import (
 )
 from openfal.store.events import SingleProcessNotifier
 from openfal.store.migrations import migrations
+from openfal.store.reports import (
+    UNFINISHED,
+    WEBHOOK_BACKLOG,
+    history_statement,
+    unfinished_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -579,6 +586,33 @@ class SQLiteStore:
     async def request_id_for_attempt(self, attempt_id: str) -> str | None:
         return await self._scalar("SELECT request_id FROM attempts WHERE attempt_id=?",
                                   (attempt_id,))
+
+    # Request history and metrics
+    async def history(self, query: HistoryQuery) -> list[RequestRecord]:
+        sql, params = history_statement(query, lambda number: f"?{number}")
+
+        def read(conn: sqlite3.Connection) -> list[RequestRecord]:
+            return [_record(row) for row in conn.execute(sql, params).fetchall()]
+        return await self._read(read)
+
+    def drop_payloads(self, request_id: str) -> asyncio.Future[bytes | None]:
+        def write(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("SELECT result_body FROM requests WHERE id=?"
+                               " AND status='COMPLETED'", (request_id,)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE requests SET payload=x'', result_body=NULL WHERE id=?",
+                         (request_id,))
+            return row[0]
+        return self._write_returning(write)
+
+    async def unfinished_counts(self) -> dict[tuple[str, Status], int]:
+        return await self._read(lambda conn: unfinished_counts(conn.execute(UNFINISHED)))
+
+    async def webhook_backlog(self) -> dict[str, int]:
+        def read(conn: sqlite3.Connection) -> dict[str, int]:
+            return dict(conn.execute(WEBHOOK_BACKLOG).fetchall())
+        return await self._read(read)
 
     # API keys
     def add_key(self, key: KeyRecord) -> asyncio.Future[None]:

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from openfal.fetch import FetchError, NetworkPolicy, pinned_request
-from openfal.store.base import Store, WebhookAttempt, WebhookRecord
+from openfal.store.base import RequestRecord, Store, WebhookAttempt, WebhookRecord
 from openfal.webhooks.payload import webhook_body
 from openfal.webhooks.signing import KeyRing, signed_headers
 
@@ -154,8 +154,10 @@ class WebhookDelivery:
     # One attempt
     async def _deliver(self, webhook: WebhookRecord) -> None:
         started = time.time()
+        record: RequestRecord | None = None
         try:
-            status, error = await self._post(webhook)
+            record = await self.store.get_request(webhook.request_id)
+            status, error = await self._post(webhook, record)
         except Exception as exc:
             # Never leave a webhook claimed by an attempt that nobody will end.
             log.exception("webhook of %s: attempt %d broke", webhook.request_id,
@@ -174,17 +176,22 @@ class WebhookDelivery:
             log.warning("webhook of %s: attempt %d failed (%s)%s", webhook.request_id,
                         webhook.attempts, error, "; giving up" if next_at is None else "")
         await self.store.end_webhook_attempt(webhook.request_id, attempt, state, next_at)
+        if state == "delivered" and record is not None and record.io_dropped_once_delivered:
+            await self.store.drop_payloads(record.id)
         self.wake()
 
-    async def _post(self, webhook: WebhookRecord) -> tuple[int | None, str | None]:
-        """POST the signed payload once: (HTTP status, error); no error means delivered.
+    async def _post(self, webhook: WebhookRecord,
+                    record: RequestRecord | None) -> tuple[int | None, str | None]:
+        """POST the signed payload of ``record``'s result once: (HTTP status, error); no
+        error means delivered.
 
         The target's address is checked again now, and the connection made to the address
         checked; redirects are not followed (a 3xx is a failed attempt).
         """
-        body = await self._body(webhook)
-        if body is None:
+        if record is None or record.result_status is None:
             return None, "the request no longer exists"
+        body = webhook_body(webhook.request_id, webhook.gateway_request_id,
+                            record.result_status, record.result_body or b"")
         headers = signed_headers(await self.keys.current(), webhook.request_id, webhook.user_id,
                                  int(time.time()), body)
         assert self._client is not None
@@ -203,10 +210,3 @@ class WebhookDelivery:
             return None, f"{type(exc).__name__}: {exc}"
         status = response.status_code
         return status, None if 200 <= status < 300 else f"answered HTTP {status}"
-
-    async def _body(self, webhook: WebhookRecord) -> bytes | None:
-        record = await self.store.get_request(webhook.request_id)
-        if record is None or record.result_status is None:
-            return None
-        return webhook_body(webhook.request_id, webhook.gateway_request_id,
-                            record.result_status, record.result_body or b"")
