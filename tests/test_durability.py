@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from datetime import datetime
 
 import httpx
+import pytest
 
 from conftest import ALL_TEST_APPS, wait_for
 from test_run_and_queue import submit, wait_done
@@ -21,6 +23,10 @@ def test_kill_9_of_server_loses_no_request(start_server, tmp_path) -> None:
         wait_for(lambda: sum(client.get(h["status_url"]).json()["status"] == "IN_PROGRESS"
                              for h in handles) >= 2, what="requests to start")
     server.kill()
+    # The port is closed at once: runners, still exiting, never hold the server's listening
+    # socket (callers would be accepted by nobody, and a restart could not listen there).
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
     # Its runners notice the gateway is gone and stop: nothing keeps running the requests.
     wait_for(lambda: not server.tagged_pids(), timeout=10, what="runners to exit")
 

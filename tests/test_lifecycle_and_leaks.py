@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -195,3 +197,21 @@ def test_app_listing_hides_server_paths_from_api_keys(start_server) -> None:
     assert by_id["openfal/strict"]["config"]["max_concurrency"] >= 1
     admin_view = {e["endpoint_id"]: e for e in as_admin.json()["endpoints"]}
     assert admin_view["openfal/strict"]["app_ref"] == f"{APPS}::Strict"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_server_uses_almost_no_cpu(start_server) -> None:
+    """With every built-in app served and nothing to do, the gateway sleeps: its pools'
+    claims wait for work rather than asking the store again and again (a loop that once
+    took more than a core)."""
+    server = start_server()
+    with server.client() as client:
+        assert client.get("/health").status_code == 200
+    before = _cpu_seconds(server.pid)
+    time.sleep(3)  # the quantity measured is what an idle server does over time
+    assert _cpu_seconds(server.pid) - before < 0.5

@@ -22,6 +22,7 @@ from openfal.fetch import NetworkPolicy
 from openfal.files import open_file_storage
 from openfal.files.gc import collect_expired_forever
 from openfal.files.signing import Signer
+from openfal.metrics import Metrics
 from openfal.net.tls import trust_environment
 from openfal.runner.environment import runner_environment
 from openfal.store import open_store
@@ -103,6 +104,7 @@ class Settings:
     runners: bool = True  # False: this gateway runs no runners (workers serve its apps)
     # A worker's claim on a request lapses this long after its last renewal.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
+    public_metrics: bool = False  # GET /metrics without an ADMIN key
 
     @property
     def network_policy(self) -> NetworkPolicy:
@@ -178,6 +180,8 @@ class Platform:
                            timeout=settings.webhook_timeout_seconds),
             settings.network_policy)
         self.dispatcher.on_webhook_queued = self.webhooks.wake
+        self.metrics = Metrics()
+        self.dispatcher.on_complete = self.metrics.request_finished
         self.services: list[Service] = [self.webhooks]
 
     def runner_env(self) -> dict[str, str]:
@@ -266,7 +270,6 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.set_inheritable(True)
     # Listen now, so that callers told "listening" queue in the backlog rather than being
     # refused while the app starts up.
     sock.listen(2048)

@@ -123,6 +123,16 @@ class _ParkedClaim:
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
+@dataclass(eq=False)
+class _ParkedRenewal:
+    """A worker's lease renewal waiting on this gateway for a cancel of one of the requests
+    it runs (those it named, and those claimed through this gateway since)."""
+
+    watched: set[str]
+    future: asyncio.Future[str] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
 class Dispatcher:
     def __init__(self, store: Store, registry: Registry, *, retention_seconds: float,
                  lease_seconds: float = DEFAULT_LEASE_SECONDS,
@@ -152,11 +162,13 @@ class Dispatcher:
         # they renew or claim again, or a frozen worker's waiting claim would take the retry
         # too.
         self._silent_workers: OrderedDict[str, None] = OrderedDict()  # the newest 1024
-        self._cancel_watchers: dict[str, list[asyncio.Future[str]]] = {}
+        self._renewals: dict[str, _ParkedRenewal] = {}  # by worker id
         self._background: set[asyncio.Task] = set()
         self._unlisten: Callable[[], None] = lambda: None
         # Called once a finished request's webhook is committed (the delivery worker's wake).
         self.on_webhook_queued: Callable[[], None] = lambda: None
+        # Called with each outcome committed here, and when it ended (metrics).
+        self.on_complete: Callable[[RequestRecord, Outcome, float], None] = lambda *_: None
 
     # Lifecycle
     async def start(self) -> None:
@@ -326,7 +338,17 @@ class Dispatcher:
         wait at all."""
         if not self._work_marked(endpoint_ids):
             return 0
-        if limit == 0 or (claims and len(claims) == limit):
+        if limit == 0:
+            # Asked only how much waits (it has no room): none now means its next claim
+            # parks until work is added (which marks the endpoints again), not a count each
+            # time round.
+            for endpoint_id in endpoint_ids:
+                self._may_wait[endpoint_id] = False
+            waiting = await self.store.waiting(endpoint_ids, WAITING_COUNT_CAP)
+            if waiting:
+                self._mark_work(endpoint_ids)
+            return waiting
+        if claims and len(claims) == limit:
             return await self.store.waiting(endpoint_ids, WAITING_COUNT_CAP)
         return 0
 
@@ -369,6 +391,9 @@ class Dispatcher:
     def _started(self, claim: Claim) -> Assignment:
         if self.positions is not None:
             self.positions.remove(claim.request.id)
+        if (renewal := self._renewals.get(claim.worker_id)) is not None:
+            # Watched from now on, without the worker asking again.
+            renewal.watched.add(claim.request.id)
         job = self.jobs.get(claim.request.id)
         if job is not None:
             self._stop_waiting(job)
@@ -406,27 +431,20 @@ class Dispatcher:
                              if (job := self.jobs.get(rid)) is not None and job.cancel_requested]
         if report.lost or report.cancelled or wait <= 0 or not watch:
             return report
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        for request_id in watch:
-            self._cancel_watchers.setdefault(request_id, []).append(future)
+        parked = self._renewals[worker_id] = _ParkedRenewal(set(watch))
         try:
-            report.cancelled.append(await asyncio.wait_for(future, wait))
+            report.cancelled.append(await asyncio.wait_for(parked.future, wait))
         except TimeoutError:
             pass
         finally:
-            for request_id in watch:
-                watchers = self._cancel_watchers.get(request_id, [])
-                with contextlib.suppress(ValueError):
-                    watchers.remove(future)
-                if not watchers:
-                    self._cancel_watchers.pop(request_id, None)
+            if self._renewals.get(worker_id) is parked:
+                del self._renewals[worker_id]
         return report
 
     def _wake_cancel_watchers(self, request_id: str) -> None:
-        for future in self._cancel_watchers.get(request_id, []):
-            if not future.done():
-                future.set_result(request_id)
+        for parked in self._renewals.values():
+            if request_id in parked.watched and not parked.future.done():
+                parked.future.set_result(request_id)
 
     def report(self, attempt_id: str, message: Report) -> None:
         job = self.jobs.get(message.id)
@@ -567,6 +585,7 @@ class Dispatcher:
                 await asyncio.sleep(min(2.0 ** failures, 30.0))
         if not committed:
             return False
+        self.on_complete(record, outcome, finished_at)
         if self.positions is not None:
             self.positions.remove(record.id)
         if webhook is not None:
@@ -630,6 +649,12 @@ class Dispatcher:
             del self.recent[request_id]
             return None
         return entry
+
+    def forget(self, request_id: str) -> None:
+        """Drop a just-finished request from memory (its payloads are deleted)."""
+        entry = self.recent.pop(request_id, None)
+        if entry is not None:
+            self._recent_bytes -= len(entry[0].payload) + len(entry[0].result_body or b"")
 
     # What other gateways did (the store's events)
     def _on_event(self, event: Event) -> None:

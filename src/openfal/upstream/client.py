@@ -105,11 +105,20 @@ class UpstreamResult:
 class UpstreamClient:
     """One upstream's API, over one connection pool."""
 
-    def __init__(self, config: UpstreamConfig, http: httpx.AsyncClient | None = None):
+    def __init__(self, config: UpstreamConfig):
         self.config = config
-        self.http = http or httpx.AsyncClient(
-            timeout=httpx.Timeout(config.timeout, connect=min(config.timeout, CONNECT_TIMEOUT)),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+        self.http = self._client(keep_alive=100)
+        # Submits go on a connection of their own. One taken from the pool may have been
+        # closed by the upstream just before use (a restart): sending on it fails as if the
+        # request might have arrived, and a submit that might have arrived is never sent
+        # again. A new connection fails to connect instead, which is certain and retried.
+        self.submits = self._client(keep_alive=0)
+
+    def _client(self, keep_alive: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.config.timeout,
+                                  connect=min(self.config.timeout, CONNECT_TIMEOUT)),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=keep_alive),
             headers={"user-agent": USER_AGENT})
 
     @property
@@ -138,7 +147,8 @@ class UpstreamClient:
         """Submit; the upstream's request id once it has accepted the request."""
         response = await self._send("POST", f"{self.config.queue_url}/{endpoint_id.strip('/')}",
                                     json=payload, headers={**(headers or {}),
-                                                           **self.auth_headers()})
+                                                           **self.auth_headers()},
+                                    via=self.submits)
         answer = _json(response)
         request_id = answer.get("request_id") if isinstance(answer, dict) else None
         if not isinstance(request_id, str) or not request_id:
@@ -227,12 +237,13 @@ class UpstreamClient:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+        await self.submits.aclose()
 
     # Plumbing
     async def _send(self, method: str, url: str, check: bool = True,
-                    **kwargs: Any) -> httpx.Response:
+                    via: httpx.AsyncClient | None = None, **kwargs: Any) -> httpx.Response:
         try:
-            response = await self.http.request(method, url, **kwargs)
+            response = await (via or self.http).request(method, url, **kwargs)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
                 httpx.WriteError, httpx.WriteTimeout, httpx.UnsupportedProtocol) as exc:
             # The request never reached the upstream whole: it cannot have acted on it.

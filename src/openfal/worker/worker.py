@@ -168,35 +168,23 @@ class Worker:
     # Leases
     async def _keep_leases(self) -> None:
         """Renew the leases of running attempts (each about every sixth of a lease), and
-        stop those the platform says are cancelled or no longer this worker's."""
+        stop those the platform says are cancelled or no longer this worker's. Each renewal
+        waits on the gateway for a cancel until the next one is due; attempts claimed
+        through that gateway meanwhile are watched there without a new call."""
         interval = self.lease_seconds / 6
         while True:
             self._held_changed.clear()
-            now = time.monotonic()
             held = list(self.attempts.values())
+            if not held:
+                await self._held_changed.wait()
+                continue
+            now = time.monotonic()
             due = [a for a in held if now - a.renewed_at >= interval]
             watch = [a.request_id for a in held if not a.stopping]
-            if not due and not watch:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._held_changed.wait(),
-                                           interval if held else None)
-                continue
-            renewal = asyncio.ensure_future(self.link.renew(
-                self.id, [a.assignment.attempt_id for a in due], watch, interval))
-            changed = asyncio.ensure_future(self._held_changed.wait())
             try:
-                await asyncio.wait({renewal, changed}, timeout=interval * 2,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                changed.cancel()
-            if not renewal.done():
-                # More attempts to watch: ask again with all of them.
-                renewal.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await renewal
-                continue
-            try:
-                report = renewal.result()
+                report = await asyncio.wait_for(self.link.renew(
+                    self.id, [a.assignment.attempt_id for a in due], watch,
+                    interval if watch else 0.0), interval * 3)
             except Exception:
                 log.exception("renewing leases failed; trying again")
                 await asyncio.sleep(1.0)
@@ -205,6 +193,9 @@ class Worker:
                 attempt.renewed_at = now
             self._act_on(report.cancelled, (499, "client_cancelled"))
             self._act_on(report.lost, (503, "lease_lost"))
+            if not watch:  # all held attempts are stopping: nothing to wait on there
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._held_changed.wait(), interval)
 
     def _act_on(self, ids: list[str], why: tuple[int, str]) -> None:
         for attempt in list(self.attempts.values()):
