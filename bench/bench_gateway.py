@@ -3,14 +3,22 @@
 One command measures, next to each other and against the same load generator:
 
 * direct runs (``POST /openfal/echo``) against a bare ASGI echo endpoint served by the same
-  stack (Starlette on uvicorn with uvloop and httptools), at several concurrencies;
+  stack (Starlette on uvicorn with uvloop and httptools), and against the peer, Cog's server
+  (``python -m cog.server.http``, cog 0.23.1) serving the no-op predictor
+  ``bench/apps/cog_echo.py``, at several concurrencies;
 * queued round trips (submit, poll the status until it is 200, fetch the result) and how
   fast the queue accepts durable submits.
 
-Both servers run as separate processes on this machine, so the load generator competes with
+The servers run as separate processes on this machine, so the load generator competes with
 them for the same cores. Usage::
 
-    python bench/bench_gateway.py [--duration 5] [--markdown FILE]
+    python bench/bench_gateway.py [--duration 5] [--markdown FILE] [--cog-python PATH]
+
+Cog pins its own dependencies, so it lives in a virtual environment of its own, never in
+openfal's: by default the bench makes one (``python -m venv`` and ``pip install cog==0.23.1``)
+under ``~/.cache/openfal-bench/`` and reuses it; ``--cog-python`` names another one's
+interpreter; ``--no-cog`` leaves Cog out. When Cog cannot be had the bench says why and
+measures the other servers.
 """
 
 from __future__ import annotations
@@ -21,13 +29,15 @@ import json
 import math
 import os
 import platform
+import shlex
+import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import closing
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +58,15 @@ DIRECT_CONCURRENCY = (1, 16, 64)
 ECHO = "openfal/echo"
 PROMPT = "hello"
 BODY = json.dumps({"prompt": PROMPT}).encode()
+COG_VERSION = "0.23.1"
+COG_BODY = json.dumps({"input": {"prompt": PROMPT}}).encode()
+COG_PREDICTOR = Path(__file__).resolve().parent / "apps" / "cog_echo.py"
+# Cog has no queue: a prediction that finds every slot busy is refused at once (409), and a
+# closed-loop client's next request can arrive before its previous answer's slot is free.
+# With this many slots none is refused at the bench's concurrencies, as none is by openfal,
+# whose echo runner takes 64 requests at once and queues the rest.
+COG_SLOTS = 4 * max(DIRECT_CONCURRENCY)
+COG_START_TIMEOUT = 120.0
 JSON_HEADERS = {"content-type": "application/json"}
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 NPROC = len(os.sched_getaffinity(0))
@@ -70,6 +89,112 @@ def serve_baseline() -> None:
     config = uvicorn.Config(app, loop="uvloop", http="httptools", log_level="warning",
                             access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+# The peer: Cog ------------------------------------------------------------------------------
+
+def default_cog_venv() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "openfal-bench" / f"cog-{COG_VERSION}"
+
+
+def _cog_version(python: Path) -> str | None:
+    """The cog version ``python`` imports (with coglet, its server), or None."""
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import cog, coglet; print(cog.__version__)"],
+            capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def find_cog(cog_python: Path | None) -> tuple[Path | None, str]:
+    """The interpreter of a virtual environment with cog installed, making the default one
+    when it is missing; or None and why not."""
+    if cog_python is not None:
+        version = _cog_version(cog_python)
+        if version is None:
+            return None, f"{cog_python} cannot import cog and coglet"
+        if version != COG_VERSION:
+            print(f"note: {cog_python} has cog {version}, not {COG_VERSION}", flush=True)
+        return cog_python, version
+    venv = default_cog_venv()
+    python = venv / "bin" / "python"
+    by_hand = (f"make one by hand: {shlex.quote(sys.executable)} -m venv {venv} && "
+               f"{venv}/bin/pip install cog=={COG_VERSION} (or pass --cog-python PATH)")
+    if _cog_version(python) is None:
+        print(f"installing cog=={COG_VERSION} into its own venv, {venv}", flush=True)
+        for command in ([sys.executable, "-m", "venv", "--clear", str(venv)],
+                        [str(python), "-m", "pip", "install", "--quiet",
+                         "--disable-pip-version-check", f"cog=={COG_VERSION}"]):
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                return None, f"{shlex.join(command)}: {exc}; {by_hand}"
+            if done.returncode != 0:
+                last = (done.stderr.strip().splitlines() or ["failed"])[-1]
+                return None, f"{shlex.join(command)}: {last}; {by_hand}"
+    version = _cog_version(python)
+    if version is None:
+        return None, f"{python} cannot import cog and coglet after installing; {by_hand}"
+    return python, version
+
+
+COG_SCHEMA = {  # what `cog build` writes: Cog validates every input against it
+    "openapi": "3.0.2",
+    "info": {"title": "Cog", "version": "0.1.0"},
+    "paths": {},
+    "components": {"schemas": {
+        "Input": {"type": "object", "title": "Input", "required": ["prompt"],
+                  "properties": {"prompt": {"type": "string", "title": "Prompt",
+                                            "description": "Text to send back.",
+                                            "x-order": 0}}},
+        "Output": {"type": "string", "title": "Output"},
+    }},
+}
+
+
+def cog_server(data_dir: Path, python: Path) -> ServerProcess:
+    """Cog's server without Docker, as its image runs it (``python -m cog.server.http``, the
+    predictor named by ``COG_PREDICT_TYPE_STUB``, the input schema in the working directory's
+    ``.cog/``), on a free port. It serves from a Rust process (coglet) that runs the predictor
+    in a Python worker process it starts with the ``python`` on its PATH: the venv's.
+    Its log level is ``warn``, like the other servers': at ``info`` it logs every prediction."""
+    workdir = data_dir / "cog"
+    (workdir / ".cog").mkdir(parents=True)
+    (workdir / ".cog" / "openapi_schema.json").write_text(json.dumps(COG_SCHEMA))
+    with closing(socket.socket()) as sock:  # a free port (Cog takes a number, not a socket)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = [f"PATH={python.parent}:{os.environ.get('PATH', '')}", f"PORT={port}",
+           f"COG_PREDICT_TYPE_STUB={COG_PREDICTOR}:Runner",
+           f"COG_MAX_CONCURRENCY={COG_SLOTS}", "COG_LOG_LEVEL=warn"]
+    # The shell says where Cog will listen (ServerProcess waits for that line), then
+    # becomes Cog's server, so that the server process is Cog's own.
+    script = 'cd "$0" && echo "cog listening on http://127.0.0.1:$PORT" && exec "$@"'
+    command = ["env", *env, "sh", "-c", script, str(workdir), str(python), "-m",
+               "cog.server.http", "--host", "127.0.0.1"]
+    return ServerProcess(workdir, [], name="cog", command=command)
+
+
+async def first_cog(server: ServerProcess) -> None:
+    """One prediction, which Cog answers once its predictor's setup has finished."""
+    deadline = time.perf_counter() + COG_START_TIMEOUT
+    async with aiohttp.ClientSession() as session:
+        while True:
+            try:
+                async with session.post(f"{server.url}/predictions", data=COG_BODY,
+                                        headers=JSON_HEADERS) as response:
+                    body = await response.json(content_type=None)
+                    if response.status == 200 and body.get("output") == PROMPT:
+                        return
+                    answer = f"{response.status}: {body}"
+            except aiohttp.ClientError as exc:
+                answer = repr(exc)
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"cog did not answer: {answer}\n" + "".join(server.output))
+            await asyncio.sleep(0.2)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -142,9 +267,9 @@ async def drive(session: aiohttp.ClientSession, operation: Operation, concurrenc
     return run
 
 
-def direct(url: str) -> Operation:
+def direct(url: str, body: bytes = BODY) -> Operation:
     async def operation(session: aiohttp.ClientSession) -> bool:
-        async with session.post(url, data=BODY, headers=JSON_HEADERS) as response:
+        async with session.post(url, data=body, headers=JSON_HEADERS) as response:
             await response.read()
             return response.status == 200
     return operation
@@ -250,6 +375,9 @@ class Bench:
         return next(p for p in self.points if (p.scenario, p.target, p.concurrency)
                     == (scenario, target, concurrency))
 
+    def has(self, target: str) -> bool:
+        return any(p.target == target for p in self.points)
+
 
 async def first_echo(server: ServerProcess) -> None:
     """One direct run, which returns once the echo app's runner is up and has served it."""
@@ -261,14 +389,23 @@ async def first_echo(server: ServerProcess) -> None:
 
 
 async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
-                  queue: QueueClient, queue_concurrency: int) -> float:
+                  cog: ServerProcess | None, queue: QueueClient, queue_concurrency: int) -> float:
     """Measure every point; return the rate at which the queue completed requests while
     they were submitted as fast as it accepted them."""
     await first_echo(openfal)
+    if cog is not None:
+        try:
+            await first_cog(cog)
+        except RuntimeError as exc:
+            print(f"cog: not measured: {exc}", flush=True)
+            cog = None
     for concurrency in DIRECT_CONCURRENCY:
         await bench.measure("direct run", baseline, concurrency, direct(f"{baseline.url}/echo"),
                             has_runners=False)
         await bench.measure("direct run", openfal, concurrency, direct(f"{openfal.url}/{ECHO}"))
+        if cog is not None:
+            await bench.measure("direct run", cog, concurrency,
+                                direct(f"{cog.url}/predictions", COG_BODY))
     for concurrency in (1, queue_concurrency):
         queue.trips = queue.polls = 0  # so that they count the last point's round trips
         await bench.measure("queued round trip", openfal, concurrency, queue.round_trip)
@@ -332,6 +469,28 @@ def direct_section(bench: Bench) -> Section:
                      f"{ours.throughput / base.throughput:.2f}"])
     return Section("Direct run: openfal against the bare endpoint",
                    ["conc.", "p50 overhead ms", "p99 overhead ms", "throughput ratio"], rows)
+
+
+def peers_section(bench: Bench) -> Section:
+    """The three servers side by side: throughput at the highest concurrency, latency at 1,
+    and the CPU each spends per request (all its processes: server and runners)."""
+    top = max(DIRECT_CONCURRENCY)
+    base = bench.find("direct run", "baseline", top)
+    rows = []
+    for target in ("baseline", "openfal", "cog"):
+        if not bench.has(target):
+            continue
+        loaded = bench.find("direct run", target, top)
+        single = bench.find("direct run", target, 1)
+        usage = loaded.usage
+        rows.append([target, f"{loaded.throughput:.0f}",
+                     f"{loaded.throughput / base.throughput:.2f}",
+                     f"{single.percentile_ms(0.5):.2f}",
+                     f"{loaded.per_request_us(usage.server + usage.runners):.0f}",
+                     f"{single.per_request_us(single.usage.server + single.usage.runners):.0f}"])
+    return Section("Direct run: the bare endpoint, openfal and Cog",
+                   ["target", f"req/s c={top}", "÷ bare endpoint", "p50 ms c=1",
+                    f"CPU µs/req c={top} (server + runners)", "CPU µs/req c=1"], rows)
 
 
 def queue_section(bench: Bench, queue: QueueClient, processed: float, stored: int,
@@ -441,6 +600,11 @@ def parse_args() -> argparse.Namespace:
                         help="seconds between status polls of a queued request "
                         "(default 0: poll again as soon as the answer is in)")
     parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
+    parser.add_argument("--cog-python", type=Path,
+                        help="python of a venv with cog installed (default: one the bench makes "
+                        f"under {default_cog_venv()}); make one with `python -m venv DIR && "
+                        f"DIR/bin/pip install cog=={COG_VERSION}`")
+    parser.add_argument("--no-cog", action="store_true", help="leave Cog out")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args()
 
@@ -449,18 +613,30 @@ def bench_main(args: argparse.Namespace) -> None:
     bench = Bench(args.duration, args.warmup)
     intro = [*environment(), f"{args.duration:g} s measured per point after {args.warmup:g} s "
              "of warm-up; closed-loop workers, one keep-alive connection each"]
+    cog_python, cog_note = (None, "left out (--no-cog)") if args.no_cog else find_cog(
+        args.cog_python)
+    intro.append(f"cog {cog_note}, in {cog_python.parent.parent}" if cog_python is not None
+                 else f"cog: not measured: {cog_note}")
     print("\n".join(intro), flush=True)
-    with tempfile.TemporaryDirectory(prefix="openfal-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="openfal-bench-") as tmp, ExitStack() as stack:
         data_dir = Path(tmp)
         baseline_server = ServerProcess(data_dir / "baseline", [], name="baseline",
                                         command=[sys.executable, __file__, "--serve-baseline"])
-        with baseline_server as baseline, openfal_server(data_dir) as openfal:
-            openfal.headers = {"authorization": f"Key {admin_key(data_dir)}"}
-            queue = QueueClient(openfal.url, args.poll_interval)
-            processed = uvloop.run(run_all(bench, baseline, openfal, queue,
-                                           args.queue_concurrency))
+        baseline = stack.enter_context(baseline_server)
+        openfal = stack.enter_context(openfal_server(data_dir))
+        cog = None
+        if cog_python is not None:
+            try:
+                cog = stack.enter_context(cog_server(data_dir, cog_python))
+            except RuntimeError as exc:  # it did not start: the others are still measured
+                print(f"cog: not measured: {exc}", flush=True)
+        openfal.headers = {"authorization": f"Key {admin_key(data_dir)}"}
+        queue = QueueClient(openfal.url, args.poll_interval)
+        processed = uvloop.run(run_all(bench, baseline, openfal, cog, queue,
+                                       args.queue_concurrency))
+        stack.close()
         stored = stored_queue_requests(data_dir)
-    sections = [results_section(bench), direct_section(bench),
+    sections = [results_section(bench), direct_section(bench), peers_section(bench),
                 queue_section(bench, queue, processed, stored, args.queue_concurrency),
                 goals_section(bench, args.queue_concurrency)]
     print(render_text(sections), end="")
