@@ -30,8 +30,11 @@ def flux_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
         # Long enough for the batching test's four requests to meet in one call.
         patch.setenv("OPENFAL_FLUX_BATCH_WAIT_SECONDS", "0.5")
         server = ServerProcess(data_dir, ["--no-auth"]).start()
-    with server:
+    try:
         yield server
+    finally:
+        server.stop()
+        server.reap_leftovers()
 
 
 @pytest.fixture
