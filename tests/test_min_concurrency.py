@@ -25,7 +25,7 @@ def test_min_concurrency_runner_is_kept_warm(start_server) -> None:
 
         def call() -> None:
             with httpx.Client(base_url=server.url, timeout=30) as own:
-                pids.append(own.post("/openfal/warm", json={"seconds": 1}).json()["pid"])
+                pids.append(own.post("/openfal/warm", json={"seconds": 3}).json()["pid"])
 
         threads = [threading.Thread(target=call) for _ in range(2)]
         for t in threads:

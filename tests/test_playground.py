@@ -369,7 +369,7 @@ def test_history_open_rerun_and_cancel(page: Page) -> None:
     rows.first.get_by_role("button", name=re.compile("Open request")).click()
     page.get_by_role("button", name="Cancel request").click()
     expect(page.locator(".request-detail .detail-status")).to_have_text(
-        "Cancellation requested.")
+        "Cancellation requested.", timeout=RUN_TIMEOUT)
 
     def none_running() -> bool:
         page.get_by_role("button", name="Refresh").click()
