@@ -1,12 +1,21 @@
 """Benchmark: the FLUX app through openfal's queue against the same diffusers pipeline
 called directly, same model, size, steps and seeds, in one command.
 
-The model is a tiny random FLUX pipeline built in code (``openfal models make-tiny flux``),
-so the figure isolates what openfal adds per request: queue submit and commit, dispatch to
-the runner process, image encoding and storage, status and result fetches. The direct
-baseline also encodes each image as JPEG, as any caller wanting a file would. Usage::
+The weights are those ``--models-dir`` holds for FLUX.1 [schnell] (``<dir>/<hub id>``, as
+``openfal serve --models-dir`` reads them), else a tiny random FLUX pipeline built in code
+(``openfal models make-tiny flux``), so the figure isolates what openfal adds per request:
+queue submit and commit, dispatch to the runner process, image encoding and storage, status
+and result fetches. The direct baseline also encodes each image as JPEG, as any caller
+wanting a file would. Both run where openfal's runners run: CUDA in bfloat16 when there is
+a GPU, else the CPU in float32 (``OPENFAL_DEVICE``/``OPENFAL_DTYPE`` override both).
 
-    python bench/bench_flux.py [--requests 30] [--size 256] [--steps 4]
+The GPU options apply to an extra direct row, beside the plain one, so each shows what it
+gives: ``--compile`` (``torch.compile`` of the transformer), ``--channels-last`` (the VAE in
+channels-last memory format), ``--fp8`` (the transformer's linear layers in float8 through
+torchao, when it is installed: a row says so when it is not). Usage::
+
+    python bench/bench_flux.py [--requests 30] [--size 256] [--steps 4] [--models-dir DIR]
+                               [--compile] [--channels-last] [--fp8]
 """
 
 from __future__ import annotations
@@ -18,11 +27,14 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from openfal.models.tiny import make_tiny
+from openfal.models.weights import device_and_dtype, place_pipeline
 from openfal.testing import ServerProcess
 
 ENDPOINT = "fal-ai/flux/schnell"
@@ -30,14 +42,31 @@ HUB_ID = "black-forest-labs/FLUX.1-schnell"
 WARMUP = 3
 
 
-def direct_generator(model_dir: Path, size: int, steps: int) -> Callable[[int], float]:
-    """The diffusers pipeline loaded in this process; each call generates one image (and
-    encodes it as JPEG) and returns the time it took."""
+@dataclass(frozen=True)
+class Speedups:
+    compile: bool = False
+    channels_last: bool = False
+    fp8: bool = False
+
+    def __bool__(self) -> bool:
+        return self.compile or self.channels_last or self.fp8
+
+    def describe(self) -> str:
+        return ", ".join(name for name, on in (("torch.compile", self.compile),
+                                               ("channels-last VAE", self.channels_last),
+                                               ("fp8 (torchao)", self.fp8)) if on)
+
+
+def direct_generator(model_dir: Path, size: int, steps: int,
+                     speedups: Speedups = Speedups()) -> Callable[[int], float]:
+    """The diffusers pipeline loaded in this process, where openfal's runners would put it;
+    each call generates one image (and encodes it as JPEG) and returns the time it took."""
     import torch
     from diffusers import FluxPipeline
 
-    pipeline = FluxPipeline.from_pretrained(model_dir, dtype=torch.float32)
-    pipeline.set_progress_bar_config(disable=True)
+    device, dtype = device_and_dtype()
+    pipeline = place_pipeline(FluxPipeline.from_pretrained(model_dir, dtype=dtype), device)
+    apply_speedups(pipeline, speedups)
 
     def generate(seed: int) -> float:
         started = time.perf_counter()
@@ -45,10 +74,38 @@ def direct_generator(model_dir: Path, size: int, steps: int) -> Callable[[int], 
                          num_inference_steps=steps, guidance_scale=3.5,
                          max_sequence_length=min(512, pipeline.tokenizer_2.model_max_length),
                          generator=torch.Generator("cpu").manual_seed(seed)).images[0]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
         image.save(io.BytesIO(), format="JPEG", quality=95)
         return time.perf_counter() - started
 
     return generate
+
+
+def apply_speedups(pipeline: Any, speedups: Speedups) -> None:
+    import torch
+
+    if speedups.fp8:
+        from torchao.quantization import float8_dynamic_activation_float8_weight, quantize_
+
+        quantize_(pipeline.transformer, float8_dynamic_activation_float8_weight())
+    if speedups.channels_last:
+        pipeline.vae.to(memory_format=torch.channels_last)
+    if speedups.compile:
+        pipeline.transformer = torch.compile(pipeline.transformer)
+
+
+def fp8_missing() -> str | None:
+    """Why fp8 cannot be measured here, or None."""
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        return "torchao is not installed (pip install torchao)"
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+        return "float8 matmuls need a CUDA GPU of compute capability 8.9 or newer"
+    return None
 
 
 def queued_once(client: httpx.Client, body: dict, endpoint: str = ENDPOINT
@@ -68,27 +125,34 @@ def queued_once(client: httpx.Client, body: dict, endpoint: str = ENDPOINT
     return elapsed, result.json()["timings"]["inference"]
 
 
-def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
-            seeds: list[int]) -> tuple[list[float], list[float], list[float]]:
-    """Direct and queued generations, alternated so that both see the same machine."""
+def measure(data_dir: Path, model_dir: Path, size: int, steps: int, seeds: list[int],
+            speedups: Speedups) -> dict[str, list[float]]:
+    """Direct (plain, and with ``speedups`` if any) and queued generations, alternated so
+    that all see the same machine."""
     direct = direct_generator(model_dir, size, steps)
+    sped_up = direct_generator(model_dir, size, steps, speedups) if speedups else None
 
     def body(seed: int) -> dict:
         return {"prompt": "a red fox in the snow", "seed": seed,
                 "image_size": {"width": size, "height": size}, "num_inference_steps": steps}
 
-    direct_times, queued_times, in_runner = [], [], []
-    with (ServerProcess(data_dir, ["--no-auth"]) as server,
+    times: dict[str, list[float]] = {"direct": [], "sped_up": [], "queued": [], "in_runner": []}
+    args = ["--no-auth", "--models-dir", str(model_dir.parents[1])]
+    with (ServerProcess(data_dir, args) as server,
           httpx.Client(base_url=server.url, timeout=300) as client):
-        for seed in range(WARMUP):
+        for seed in range(WARMUP):  # compiles and autotunes too
             direct(seed)
+            if sped_up is not None:
+                sped_up(seed)
             queued_once(client, body(seed))
         for seed in seeds:
-            direct_times.append(direct(seed))
+            times["direct"].append(direct(seed))
+            if sped_up is not None:
+                times["sped_up"].append(sped_up(seed))
             wall, inference = queued_once(client, body(seed))
-            queued_times.append(wall)
-            in_runner.append(inference)
-    return direct_times, queued_times, in_runner
+            times["queued"].append(wall)
+            times["in_runner"].append(inference)
+    return times
 
 
 def summary(times: list[float]) -> str:
@@ -102,16 +166,34 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--models-dir", type=Path,
+                        help="where FLUX.1 [schnell]'s weights are (<dir>/" + HUB_ID + ")")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--fp8", action="store_true")
     args = parser.parse_args()
+    if args.fp8 and (why := fp8_missing()) is not None:
+        print(f"--fp8 left out: {why}")
+        args.fp8 = False
+    speedups = Speedups(args.compile, args.channels_last, args.fp8)
     seeds = list(range(100, 100 + args.requests))
     with tempfile.TemporaryDirectory(prefix="openfal-bench-flux-") as tmp:
         data_dir = Path(tmp)
-        model_dir = make_tiny("flux", data_dir / "models" / HUB_ID)
-        direct, queued, in_runner = measure(data_dir, model_dir, args.size, args.steps, seeds)
+        real = args.models_dir / HUB_ID if args.models_dir else None
+        model_dir = (real if real is not None and real.is_dir()
+                     else make_tiny("flux", data_dir / "models" / HUB_ID))
+        times = measure(data_dir, model_dir, args.size, args.steps, seeds, speedups)
+    direct, queued, in_runner = times["direct"], times["queued"], times["in_runner"]
     ratio = statistics.median(queued) / statistics.median(direct)
-    print(f"FLUX (tiny random weights) {args.size}x{args.size}, {args.steps} steps, "
-          f"{args.requests} requests each, one at a time, alternated")
+    device, dtype = device_and_dtype()
+    weights = "real weights" if model_dir == real else "tiny random weights"
+    print(f"FLUX ({weights}, {device}, {str(dtype).removeprefix('torch.')}) "
+          f"{args.size}x{args.size}, {args.steps} steps, {args.requests} requests each, "
+          f"one at a time, alternated")
     print(f"  diffusers pipeline, direct, in process : {summary(direct)}")
+    if speedups:
+        print(f"    with {speedups.describe():<26}: {summary(times['sped_up'])}  "
+              f"({statistics.median(direct) / statistics.median(times['sped_up']):.2f}x)")
     print(f"  openfal queue, submit to result        : {summary(queued)}")
     print(f"    of which the pipeline in the runner  : {summary(in_runner)}")
     print(f"  overhead ratio (median openfal / median direct): {ratio:.3f} (goal < 1.05)")
