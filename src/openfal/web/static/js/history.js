@@ -18,8 +18,8 @@ function statusBadge(status) {
   return h("span", {class: `badge status ${status.toLowerCase()}`}, status.replace("_", " ").toLowerCase());
 }
 
-function detail(item, reload) {
-  const message = h("p", {class: "detail-status", role: "status"});
+function detail(item, reload, notice = "") {
+  const message = h("p", {class: "detail-status", role: "status"}, notice);
   const actions = h("div", {class: "actions"},
     h("button", {type: "button", class: "primary",
       onclick: () => openWith(item.endpoint_id, item.json_input || {}, true)}, "Re-run"),
@@ -28,7 +28,7 @@ function detail(item, reload) {
     ACTIVE.has(item.status) ? h("button", {type: "button", onclick: async () => {
       const answer = await cancel(requestUrls(item.endpoint_id, item.request_id).cancel_url);
       message.textContent = answer.status === "CANCELLATION_REQUESTED" ? "Cancellation requested." : "It had already ended.";
-      await reload();
+      await reload(message.textContent);  // the request as it is now, with the same notice
     }}, "Cancel request") : null);
   const facts = [["Endpoint", item.endpoint_id], ["Status", item.status], ["Sent", formatTime(item.sent_at)],
     ["Started", formatTime(item.started_at)], ["Ended", formatTime(item.ended_at)],
@@ -82,12 +82,12 @@ export async function historyPage(view, params) {
         onclick: () => open(item)}, "Open")));
   }
 
-  function open(item) {
-    replace(detailBox, detail(item, async () => {
+  function open(item, notice = "") {
+    replace(detailBox, detail(item, async (kept) => {
       await load(false);
       const fresh = items.find((candidate) => candidate.request_id === item.request_id);
-      if (fresh) open(fresh);
-    }));
+      if (fresh) open(fresh, kept);
+    }, notice));
     detailBox.querySelector("h2").focus();
   }
 
