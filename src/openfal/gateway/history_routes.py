@@ -23,7 +23,7 @@ from starlette.responses import Response
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from openfal.files.base import FileStorage
-from openfal.gateway.auth import principal
+from openfal.gateway.auth import ensure_visible, principal
 from openfal.gateway.http import HTTPError, json_response, read_query
 from openfal.server import Platform
 from openfal.store.base import HistoryQuery, HistoryStatus, RequestRecord, Status
@@ -104,8 +104,9 @@ async def delete_payloads(request: Request) -> Response:
     made while it ran that its result names; its input files stay)."""
     platform: Platform = request.app.state.platform
     record = await platform.store.get_request(request.path_params["request_id"])
-    if record is None or not _visible(request, record):
+    if record is None:
         raise HTTPError(404, "Request not found", "request_not_found")
+    ensure_visible(request, record.key_id)
     if record.status is not Status.COMPLETED:
         raise HTTPError(409, "The request has not finished: its input is still needed",
                         "request_not_finished")
@@ -134,11 +135,6 @@ def _owner_filter(request: Request) -> str | None:
     caller = principal(request)
     assert caller is not None  # the routes need a key
     return None if caller.is_admin else caller.key_id
-
-
-def _visible(request: Request, record: RequestRecord) -> bool:
-    owner = _owner_filter(request)
-    return owner is None or owner == record.key_id
 
 
 def _item(record: RequestRecord) -> HistoryItem:
