@@ -416,6 +416,8 @@ class Dispatcher:
         else:
             self._may_wait[endpoint_id] = True
         for parked in list(self._parked):
+            if endpoint_id == ANY_ENDPOINT and parked.limit == 0:
+                continue  # a freed key slot changes no count: only claims with room look
             if ((endpoint_id == ANY_ENDPOINT or endpoint_id in parked.endpoint_ids)
                     and not parked.future.done()):
                 parked.future.set_result(None)
@@ -590,7 +592,8 @@ class Dispatcher:
             self.positions.remove(record.id)
         if webhook is not None:
             self.on_webhook_queued()
-        if record.key_id is not None and record.status is Status.IN_PROGRESS:
+        if (record.key_id is not None and record.options.get("key_limit") is not None
+                and record.status is Status.IN_PROGRESS):
             self._work_added(ANY_ENDPOINT)  # the key's slot is free: held-back work may go
         self.store.notifier.publish(RequestChanged(record.id))
         job = self.jobs.get(record.id)

@@ -70,6 +70,7 @@ class AppPool:
                 await asyncio.sleep(ROOM_POLL_SECONDS)
 
     async def _claim_once(self) -> None:
+        self._room.clear()  # room made from now on (during the claim too) ends the wait below
         free = self.free_slots()
         starved = free == 0 and self.demand > 0
         reply = await self.worker.link.claim(self.worker.id, self.endpoint_ids, free,
@@ -89,7 +90,6 @@ class AppPool:
             # end), or the waiting requests' keys are at their limits: wait for a slot,
             # then look again. (No room and nothing waiting: the next claim, of nothing,
             # waits for work to arrive, to scale out for it.)
-            self._room.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
 

@@ -1,0 +1,84 @@
+"""The dispatcher wakes waiting claims only when there may be work for them: every pool of a
+server parks a claim, and waking them all for each finished request costs each of them a
+store read (this was most of a direct run's CPU with the built-in apps loaded)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from openfal.app.registry import Registry
+from openfal.dispatcher.dispatcher import Dispatcher
+from openfal.dispatcher.jobs import Priority
+from openfal.runner.protocol import Result
+from openfal.store.base import Mode
+from openfal.store.sqlite import SQLiteStore
+
+ECHO = "openfal/echo"
+IDLE = "openfal/idle-endpoint"
+
+
+@pytest.fixture
+async def dispatcher(tmp_path: Path) -> AsyncIterator[Dispatcher]:
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    await store.open()
+    registry = Registry()
+    registry.add("openfal.models.echo::Echo")
+    dispatcher = Dispatcher(store, registry, retention_seconds=3600)
+    await dispatcher.start()
+    try:
+        yield dispatcher
+    finally:
+        await dispatcher.stop()
+        await store.close()
+
+
+async def park(dispatcher: Dispatcher, worker_id: str, limit: int) -> asyncio.Task:
+    """A claim for an endpoint with no work, parked until woken."""
+    task = asyncio.ensure_future(dispatcher.claim(worker_id, [IDLE], limit, wait=60))
+    while not any(p.worker_id == worker_id for p in dispatcher._parked):
+        await asyncio.sleep(0)
+    return task
+
+
+async def run_to_the_end(dispatcher: Dispatcher, key_limit: int | None) -> None:
+    """A direct run of a key, claimed by a worker with room and finished."""
+    served, _ = dispatcher.registry.resolve(ECHO)
+    options = {} if key_limit is None else {"key_limit": key_limit}
+    job = dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, Mode.DIRECT,
+                             Priority.DIRECT, options, key_id="key-1")
+    done = await dispatcher.start_direct(job)
+    reply = await dispatcher.claim("worker-echo", [ECHO], 1, wait=0)
+    [assignment] = reply.assignments
+    assert await dispatcher.finish(assignment.attempt_id,
+                                   Result(job.id, 200, b'{"text": "hi"}'))
+    assert (await done).status == 200
+
+
+def woken(dispatcher: Dispatcher, worker_id: str) -> bool:
+    return not any(p.worker_id == worker_id and not p.future.done()
+                   for p in dispatcher._parked)
+
+
+async def test_a_request_without_a_key_limit_wakes_no_other_claim(dispatcher) -> None:
+    with_room = await park(dispatcher, "worker-with-room", limit=1)
+    await run_to_the_end(dispatcher, key_limit=None)
+    assert not woken(dispatcher, "worker-with-room")
+    with_room.cancel()
+    await asyncio.gather(with_room, return_exceptions=True)
+
+
+async def test_a_freed_key_slot_wakes_only_claims_with_room(dispatcher) -> None:
+    # A request held back by its key's limit may go once a request of that key ends: the
+    # claims that could take it look again. Claims with no room only count what waits,
+    # which the freed slot does not change.
+    with_room = await park(dispatcher, "worker-with-room", limit=1)
+    without_room = await park(dispatcher, "worker-without-room", limit=0)
+    await run_to_the_end(dispatcher, key_limit=2)
+    assert woken(dispatcher, "worker-with-room")
+    assert not woken(dispatcher, "worker-without-room")
+    without_room.cancel()
+    await asyncio.gather(with_room, without_room, return_exceptions=True)
