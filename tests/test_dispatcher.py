@@ -82,3 +82,58 @@ async def test_a_freed_key_slot_wakes_only_claims_with_room(dispatcher) -> None:
     assert not woken(dispatcher, "worker-without-room")
     without_room.cancel()
     await asyncio.gather(with_room, without_room, return_exceptions=True)
+
+
+async def test_direct_runs_arriving_together_go_to_one_waiting_claim(dispatcher) -> None:
+    # A worker with room for three waits on this gateway; three direct runs arriving before
+    # it resumes are all handed to it (none is left to wait in the store for a claim).
+    claiming = asyncio.ensure_future(dispatcher.claim("worker-echo", [ECHO], 3, wait=60))
+    while not dispatcher._parked:
+        await asyncio.sleep(0)
+    served, _ = dispatcher.registry.resolve(ECHO)
+    jobs = [dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, Mode.DIRECT,
+                               Priority.DIRECT, {}) for _ in range(3)]
+    for job in jobs:
+        await dispatcher.start_direct(job)
+    reply = await asyncio.wait_for(claiming, 10)
+    assert sorted(a.request_id for a in reply.assignments) == sorted(j.id for j in jobs)
+    for assignment in reply.assignments:
+        assert await dispatcher.finish(assignment.attempt_id,
+                                       Result(assignment.request_id, 200, b"{}"))
+
+
+async def test_a_direct_run_takes_the_room_a_claim_under_way_has_left(dispatcher) -> None:
+    # The claim asks the store (a queued request waits there); a direct run arriving
+    # meanwhile waits on that claim instead of in the store, and takes its room left. With
+    # no room left it waits in the store, and the next claim takes it.
+    served, _ = dispatcher.registry.resolve(ECHO)
+
+    def job(mode: Mode):
+        return dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, mode,
+                                  Priority.DIRECT if mode is Mode.DIRECT else Priority.NORMAL,
+                                  {})
+
+    async def claim_while_a_direct_run_arrives(limit: int) -> tuple[list[str], str]:
+        queued = job(Mode.QUEUE)
+        await dispatcher.submit(queued)
+        claiming = asyncio.ensure_future(dispatcher.claim("worker-echo", [ECHO], limit, 60))
+        while not dispatcher._claiming:
+            await asyncio.sleep(0)
+        direct = job(Mode.DIRECT)
+        await dispatcher.start_direct(direct)
+        reply = await asyncio.wait_for(claiming, 10)
+        assert queued.id in [a.request_id for a in reply.assignments]
+        for assignment in reply.assignments:
+            await dispatcher.finish(assignment.attempt_id,
+                                    Result(assignment.request_id, 200, b"{}"))
+        return [a.request_id for a in reply.assignments], direct.id
+
+    taken, direct_id = await claim_while_a_direct_run_arrives(limit=2)
+    assert direct_id in taken
+
+    taken, direct_id = await claim_while_a_direct_run_arrives(limit=1)
+    assert direct_id not in taken
+    reply = await asyncio.wait_for(dispatcher.claim("worker-echo", [ECHO], 1, 60), 10)
+    assert [a.request_id for a in reply.assignments] == [direct_id]
+    assert await dispatcher.finish(reply.assignments[0].attempt_id,
+                                   Result(direct_id, 200, b"{}"))

@@ -114,13 +114,25 @@ class KeyAtLimit(Exception):
 @dataclass(eq=False)
 class _ParkedClaim:
     """A worker's claim waiting for work on this gateway: woken (``None``) when work may
-    have arrived, or handed claims directly (a direct run)."""
+    have arrived, or handed claims directly (direct runs, up to its limit: those that come
+    before the claimant resumes join the list it is answered with)."""
 
     worker_id: str
     endpoint_ids: frozenset[str]
     limit: int
+    handed: list[Claim] = field(default_factory=list)
+    # While the claim is asking the store: direct runs that will take the room it has left
+    # (the rest then wait in the store).
+    pending: list[Job] = field(default_factory=list)
     future: asyncio.Future[list[Claim] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def can_take(self, endpoint_id: str) -> bool:
+        if endpoint_id not in self.endpoint_ids or len(self.handed) >= self.limit:
+            return False
+        # Not answered yet, or answered with the list of handed claims.
+        return not self.future.done() or (not self.future.cancelled()
+                                          and self.future.result() is self.handed)
 
 
 @dataclass(eq=False)
@@ -153,6 +165,7 @@ class Dispatcher:
         self.recent: OrderedDict[str, tuple[RequestRecord, list[LogEntry]]] = OrderedDict()
         self._recent_bytes = 0
         self._parked: list[_ParkedClaim] = []
+        self._claiming: list[_ParkedClaim] = []  # claims asking the store for work now
         # Endpoints whose waiting work may not all have been claimed: set when work is added
         # (here, or another gateway's WorkAdded), cleared by a claim that took less than it
         # asked. A claim for endpoints with no mark skips the store; a claim that waited its
@@ -223,15 +236,54 @@ class Dispatcher:
         if job.key_id is not None:
             await self._check_direct_bounds(job)
         self.jobs[job.id] = job
-        claim = self._hand_to_parked(job)
-        if claim is None:
-            self._count_waiting(job)
-            record = job.to_record()
-            await self.store.add_request(record)
-            self._waits(record)
-        else:
-            self.store.add_request(claim.request, claim)
+        if self._hand_to_parked(job) is None and not self._wait_on_claim_under_way(job):
+            await self._wait_in_store(job)
         return job.done
+
+    def _wait_on_claim_under_way(self, job: Job) -> bool:
+        """Let a direct run wait on a claim with room for its endpoint that is asking the
+        store for work right now: when the store answers, the run takes the room left
+        (a write less than waiting in the store, and no second claim to wait for)."""
+        for taking in self._claiming:
+            if (job.endpoint_id in taking.endpoint_ids
+                    and len(taking.pending) < taking.limit
+                    and taking.worker_id not in self._silent_workers):
+                taking.pending.append(job)
+                job.pending_on = taking.pending
+                return True
+        return False
+
+    async def _wait_in_store(self, job: Job) -> None:
+        """A direct run no worker can take now waits in the store for a claim, from any
+        gateway's workers."""
+        self._count_waiting(job)
+        record = job.to_record()
+        await self.store.add_request(record)
+        self._waits(record)
+
+    async def _wait_in_store_or_fail(self, job: Job) -> None:
+        try:
+            await self._wait_in_store(job)
+        except Exception:
+            log.exception("request %s: storing it failed", job.id)
+            self.jobs.pop(job.id, None)
+            self._stop_waiting(job)
+            if not job.done.done():
+                job.done.set_result(failure(503, "The request could not be stored",
+                                            "store_unavailable"))
+
+    def _settle_pending(self, taking: _ParkedClaim, room: int) -> list[Claim]:
+        """The direct runs that waited on a claim: as many as it has room left for are
+        claimed by it, the others wait in the store."""
+        claims = []
+        for job in taking.pending:
+            job.pending_on = None
+            if len(claims) < room:
+                claims.append(self._claim_in_memory(job, taking.worker_id))
+            else:
+                self._spawn(self._wait_in_store_or_fail(job))
+        taking.pending.clear()
+        return claims
 
     async def _check_direct_bounds(self, job: Job) -> None:
         assert job.key_id is not None
@@ -312,7 +364,15 @@ class Dispatcher:
         # A claim arriving is the worker alive now (one that resumed holding nothing never
         # renews); a claim it parked before it went silent still gets nothing.
         self._silent_workers.pop(worker_id, None)
-        claims = await self._claim_now(worker_id, endpoint_ids, limit)
+        taking = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
+        self._claiming.append(taking)
+        claims: list[Claim] = []
+        try:
+            claims = await self._claim_now(worker_id, endpoint_ids, limit)
+        finally:
+            self._claiming.remove(taking)
+            # A claim cancelled (its worker went away) or failed takes none of them.
+            claims += self._settle_pending(taking, limit - len(claims))
         waiting = await self._waiting_after(endpoint_ids, limit, claims)
         if (not claims and not waiting and wait > 0 and self.accepting
                 and not self._work_marked(endpoint_ids)):
@@ -376,17 +436,23 @@ class Dispatcher:
         """Give a direct run straight to a worker waiting on this gateway for work of its
         endpoint, if there is one: a claim made here, recorded as the request is stored."""
         for parked in self._parked:
-            if (parked.limit > 0 and job.endpoint_id in parked.endpoint_ids
-                    and not parked.future.done()
+            if (parked.can_take(job.endpoint_id)
                     and parked.worker_id not in self._silent_workers):
-                now = time.time()
-                record = job.to_record()
-                record.status, record.attempts, record.started_at = Status.IN_PROGRESS, 1, now
-                claim = Claim(record, str(uuid.uuid4()), now + self.lease_seconds,
-                              parked.worker_id)
-                parked.future.set_result([claim])
+                claim = self._claim_in_memory(job, parked.worker_id)
+                parked.handed.append(claim)
+                if not parked.future.done():
+                    parked.future.set_result(parked.handed)
                 return claim
         return None
+
+    def _claim_in_memory(self, job: Job, worker_id: str) -> Claim:
+        """A direct run claimed without asking the store: recorded with its row."""
+        now = time.time()
+        record = job.to_record()
+        record.status, record.attempts, record.started_at = Status.IN_PROGRESS, 1, now
+        claim = Claim(record, str(uuid.uuid4()), now + self.lease_seconds, worker_id)
+        self.store.add_request(claim.request, claim)
+        return claim
 
     def _started(self, claim: Claim) -> Assignment:
         if self.positions is not None:
@@ -569,6 +635,12 @@ class Dispatcher:
         job = self.jobs.get(record.id)
         if job is not None and job.mode is not Mode.QUEUE and not job.done.done():
             job.done.set_result(outcome)
+        if job is not None and job.pending_on is not None:
+            # It waited on a claim under way, so it is not in the store yet: it is stored
+            # first, and its outcome then recorded as any waiting request's.
+            job.pending_on.remove(job)
+            job.pending_on = None
+            await self.store.add_request(job.to_record())
         webhook = webhook_target(record.options, record.key_id)
         finished_at = time.time()
         failures = 0

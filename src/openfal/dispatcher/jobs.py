@@ -63,6 +63,8 @@ class Job:
     cancel_requested: bool = False
     # Counted among its key's direct runs waiting for a runner (Dispatcher.start_direct).
     counted_waiting: bool = False
+    # A direct run waiting on a claim under way, not in the store yet: that claim's list.
+    pending_on: list[Job] | None = None
     finished: bool = False
     done: asyncio.Future[Outcome] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())

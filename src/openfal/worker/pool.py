@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from openfal.app.registry import ServedApp
-from openfal.worker.link import Assignment
+from openfal.worker.link import Assignment, ClaimReply
 from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
 
 if TYPE_CHECKING:
@@ -73,8 +73,9 @@ class AppPool:
         self._room.clear()  # room made from now on (during the claim too) ends the wait below
         free = self.free_slots()
         starved = free == 0 and self.demand > 0
-        reply = await self.worker.link.claim(self.worker.id, self.endpoint_ids, free,
-                                             0.0 if starved else CLAIM_WAIT_SECONDS)
+        reply = await self._claim(free, 0.0 if starved else CLAIM_WAIT_SECONDS)
+        if reply is None:
+            return  # room was made while it waited with none: claim again, with room
         if self.paused:
             for assignment in reply.assignments:
                 await self.worker.link.hand_back(assignment.attempt_id,
@@ -92,6 +93,30 @@ class AppPool:
             # waits for work to arrive, to scale out for it.)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._room.wait(), ROOM_POLL_SECONDS)
+
+    async def _claim(self, limit: int, wait: float) -> ClaimReply | None:
+        """The link's claim; None if it asked for no work and a slot came free while it
+        waited (such a claim is answered with no assignments, so it can be dropped: as it
+        long-polls for new work, direct runs meanwhile would find no claim to take them)."""
+        if limit > 0 or wait <= 0:
+            # Awaited in this task, not a new one: the claim is waiting on the gateway
+            # before anything else runs (a direct run arriving meanwhile would miss it).
+            return await self.worker.link.claim(self.worker.id, self.endpoint_ids, limit, wait)
+        claim = asyncio.ensure_future(self.worker.link.claim(self.worker.id,
+                                                             self.endpoint_ids, limit, wait))
+        room = asyncio.ensure_future(self._room.wait())
+        try:
+            await asyncio.wait({claim, room}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            claim.cancel()
+            raise
+        finally:
+            room.cancel()
+        if claim.done():
+            return claim.result()
+        claim.cancel()
+        await asyncio.gather(claim, return_exceptions=True)
+        return None
 
     def _place(self, assignment: Assignment) -> bool:
         """Start the attempt on a runner; False if it went back to the queue instead: its
