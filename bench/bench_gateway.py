@@ -6,8 +6,10 @@ One command measures, next to each other and against the same load generator:
   stack (Starlette on uvicorn with uvloop and httptools), and against the peer, Cog's server
   (``python -m cog.server.http``, cog 0.23.1) serving the no-op predictor
   ``bench/apps/cog_echo.py``, at several concurrencies;
-* queued round trips (submit, poll the status until it is 200, fetch the result) and how
-  fast the queue accepts durable submits.
+* queued round trips, polling (submit, poll the status until it is 200, fetch the result)
+  and streamed (submit, follow the status stream until COMPLETED, fetch the result), status
+  polls of finished requests, and how fast the queue accepts durable submits;
+* issue 12's goals, each as a ratio against the bare endpoint in the same run.
 
 The servers run as separate processes on this machine, so the load generator competes with
 them for the same cores. Usage::
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -55,6 +58,8 @@ from openfal.server import bind
 from openfal.testing import ServerProcess
 
 DIRECT_CONCURRENCY = (1, 16, 64)
+STREAMED = "streamed round trip"
+STATUS_POLL = "status poll"
 ECHO = "openfal/echo"
 PROMPT = "hello"
 BODY = json.dumps({"prompt": PROMPT}).encode()
@@ -307,6 +312,42 @@ class QueueClient:
         async with session.get(handle["response_url"]) as response:
             return response.status == 200 and (await response.json())["text"] == PROMPT
 
+    async def streamed_round_trip(self, session: aiohttp.ClientSession) -> bool:
+        """Submit, follow the status stream (server-sent events) until it says COMPLETED,
+        fetch the result: three requests however long the request takes."""
+        self.trips += 1
+        handle = await self.submit(session)
+        if handle is None:
+            return False
+        async with session.get(handle["status_url"] + "/stream") as response:
+            if response.status != 200:
+                return False
+            completed = False
+            async for line in response.content:
+                if line.startswith(b"data:") and b'"COMPLETED"' in line:
+                    completed = True
+                    break
+        if not completed:
+            return False
+        async with session.get(handle["response_url"]) as response:
+            return response.status == 200 and (await response.json())["text"] == PROMPT
+
+    async def finished_status_poller(self, session: aiohttp.ClientSession,
+                                     count: int) -> Operation:
+        """An operation polling the status of ``count`` finished requests in turn (what
+        most of a polling client's requests are)."""
+        handles = [await self.submit(session) for _ in range(count)]
+        urls = [handle["status_url"] for handle in handles if handle is not None]
+        for url in urls:
+            await self._until_completed(session, url)
+        turn = itertools.count()
+
+        async def poll(session: aiohttp.ClientSession) -> bool:
+            async with session.get(urls[next(turn) % len(urls)]) as response:
+                await response.read()
+                return response.status == 200
+        return poll
+
     async def _until_completed(self, session: aiohttp.ClientSession, status_url: str) -> bool:
         """Poll the status every ``poll_interval`` seconds (0: as soon as an answer is in)."""
         while True:
@@ -409,6 +450,13 @@ async def run_all(bench: Bench, baseline: ServerProcess, openfal: ServerProcess,
     for concurrency in (1, queue_concurrency):
         queue.trips = queue.polls = 0  # so that they count the last point's round trips
         await bench.measure("queued round trip", openfal, concurrency, queue.round_trip)
+    polls, trips = queue.polls, queue.trips
+    for concurrency in (1, queue_concurrency):
+        await bench.measure(STREAMED, openfal, concurrency, queue.streamed_round_trip)
+    async with aiohttp.ClientSession(headers=openfal.headers) as session:
+        poll = await queue.finished_status_poller(session, queue_concurrency)
+    queue.polls, queue.trips = polls, trips
+    await bench.measure(STATUS_POLL, openfal, queue_concurrency, poll, has_runners=False)
     accepted, started = queue.accepted, time.perf_counter()
     await bench.measure("queue submit only", openfal, queue_concurrency, queue.submit_only)
     return (queue.accepted - accepted - queue.backlog) / (time.perf_counter() - started)
@@ -520,14 +568,36 @@ def queue_section(bench: Bench, queue: QueueClient, processed: float, stored: in
 
 
 def goals_section(bench: Bench, concurrency: int) -> Section:
+    """Issue 12's goals, each a ratio against the bare endpoint measured in this run."""
+    top = max(DIRECT_CONCURRENCY)
+    base, ours = bench.find("direct run", "baseline", top), bench.find("direct run", "openfal", top)
     overhead = (bench.find("direct run", "openfal", 1).percentile_ms(0.5)
                 - bench.find("direct run", "baseline", 1).percentile_ms(0.5))
-    trip = bench.find("queued round trip", "openfal", concurrency).throughput
-    rows = [["direct run adds < 1 ms at p50 (c=1)", f"{overhead:+.2f} ms",
-             "met" if overhead < 1.0 else "missed"],
-            ["queue sustains > 1,000 round trips/s end to end", f"{trip:.0f}/s",
-             "met" if trip > 1000 else "missed"]]
-    return Section("Goals", ["goal", "measured", "verdict"], rows)
+    base_cpu = base.per_request_us(base.usage.server)
+    ours_cpu = ours.per_request_us(ours.usage.server + ours.usage.runners)
+    poll = bench.find(STATUS_POLL, "openfal", concurrency)
+    poll_cpu = poll.per_request_us(poll.usage.server)
+    streamed = bench.find(STREAMED, "openfal", concurrency).throughput
+
+    def goal(text: str, measured: str, met: bool) -> list[str]:
+        return [text, measured, "met" if met else "missed"]
+
+    rows = [
+        goal(f"direct runs/s at c={top} >= 0.5x the bare endpoint's",
+             f"{ours.throughput / base.throughput:.2f}x "
+             f"({ours.throughput:.0f} / {base.throughput:.0f})",
+             ours.throughput >= 0.5 * base.throughput),
+        goal(f"direct run CPU per request (server + runner) at c={top} <= 3x the bare "
+             "endpoint's", f"{ours_cpu / base_cpu:.1f}x ({ours_cpu:.0f} / {base_cpu:.0f} µs)",
+             ours_cpu <= 3 * base_cpu),
+        goal("direct run adds <= 0.5 ms at p50 (c=1)", f"{overhead:+.2f} ms", overhead <= 0.5),
+        goal(f"server CPU per status poll (c={concurrency}) <= 1.5x a bare request's",
+             f"{poll_cpu / base_cpu:.1f}x ({poll_cpu:.0f} / {base_cpu:.0f} µs)",
+             poll_cpu <= 1.5 * base_cpu),
+        goal(f"submit + status stream + result round trips/s at c={concurrency} >= 1,000",
+             f"{streamed:.0f}/s", streamed >= 1000),
+    ]
+    return Section("Goals (issue 12)", ["goal", "measured", "verdict"], rows)
 
 
 def _cpu_model() -> str:
