@@ -329,3 +329,19 @@ def test_revoking_a_key_ends_its_sessions_and_refuses_its_tokens(
             assert ended["error"] == "Unauthorized"
         with connect(realtime_url(secured, token)) as late:
             assert json.loads(late.recv(timeout=30))["error"] == "Unauthorized"
+
+
+def test_a_key_used_once_is_still_checked_on_every_request(
+        secured: ServerProcess, keys: dict[str, str]) -> None:
+    # The gateway remembers headers it has verified (no hash per request): a wrong secret
+    # for a key just used must still be refused, and a revoked key at once.
+    admin = auth(keys["admin"])
+    with httpx.Client(base_url=secured.url, timeout=30) as client:
+        made = client.post("/api/keys", json={"name": "checked"}, headers=admin).json()["key"]
+        key_id, secret = made.split(":")
+        assert client.get("/v1/models", headers=auth(made)).status_code == 200
+        assert client.get("/v1/models", headers=auth(made)).status_code == 200
+        wrong = f"{key_id}:{secret[:-1]}{'A' if secret[-1] != 'A' else 'B'}"
+        assert client.get("/v1/models", headers=auth(wrong)).status_code == 401
+        assert client.delete(f"/api/keys/{key_id}", headers=admin).status_code == 200
+        assert client.get("/v1/models", headers=auth(made)).status_code == 401

@@ -11,7 +11,8 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, Router, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from openfal.dispatcher.dispatcher import ShuttingDown, shutting_down
 from openfal.gateway import (
@@ -120,6 +121,40 @@ ROUTES = [
 ]
 
 
+class SegmentRouter(Router):
+    """Starlette's router, asking each request only the routes that can match its path:
+    those whose first segment is the path's (``/queue/...``, ``/files/...``) and those that
+    start with a parameter (the endpoints), in the table's order. The same answers as
+    trying every route (404, 405 and slash redirects included), without matching every
+    route's pattern against every path."""
+
+    def __init__(self, routes: list[BaseRoute], **kwargs) -> None:
+        super().__init__(routes, **kwargs)
+        segments = {_first_segment(route) for route in routes} - {None}
+        self._by_segment = {segment: Router([r for r in routes
+                                             if _first_segment(r) in (segment, None)])
+                            for segment in segments}
+        self._other = Router([r for r in routes if _first_segment(r) is None])
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await super().app(scope, receive, send)
+            return
+        scope.setdefault("router", self)
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        segment = path[1:].split("/", 1)[0]
+        await self._by_segment.get(segment, self._other).app(scope, receive, send)
+
+
+def _first_segment(route: BaseRoute) -> str | None:
+    """The literal first segment of a route's path; None when it starts with a parameter."""
+    path: str = getattr(route, "path", "")
+    segment = path[1:].split("/", 1)[0]
+    return None if "{" in segment else segment
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPError)
     return exc.response()
@@ -162,7 +197,6 @@ def create_app(platform: Platform,
             await platform.stop()
 
     app = Starlette(
-        routes=ROUTES,
         middleware=[Middleware(HostRouting)],
         lifespan=lifespan,
         exception_handlers={HTTPError: _http_error, ShuttingDown: _shutting_down,
@@ -170,5 +204,6 @@ def create_app(platform: Platform,
                             ClientDisconnect: _client_disconnected,
                             Exception: _unexpected_error},
     )
+    app.router = SegmentRouter(ROUTES, lifespan=lifespan)
     app.state.platform = platform
     return app

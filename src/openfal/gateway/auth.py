@@ -50,8 +50,11 @@ async def identify(connection: HTTPConnection) -> Principal | None:
         raise unauthorized(str(exc)) from None
 
 
+PRINCIPAL = "openfal.principal"  # the scope entry the guard leaves the caller in
+
+
 def principal(request: Request) -> Principal | None:
-    return request.state.principal
+    return request.scope[PRINCIPAL]
 
 
 def guard(handler: Handler, access: Access) -> Handler:
@@ -65,7 +68,7 @@ def guard(handler: Handler, access: Access) -> Handler:
             raise unauthorized("this route needs an API key: 'Authorization: Key <id>:<secret>'")
         if access is Access.ADMIN and caller is not None and not caller.is_admin:
             raise HTTPError(403, "this route needs an ADMIN key", "forbidden")
-        request.state.principal = caller
+        request.scope[PRINCIPAL] = caller
         return await handler(request)
 
     return guarded

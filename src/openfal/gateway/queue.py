@@ -136,6 +136,8 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
 
 
 def _wants_logs(request: Request) -> bool:
+    if b"logs" not in request.scope["query_string"]:
+        return False  # most polls: no query string to parse
     return request.query_params.get("logs", "0").lower() in _TRUE
 
 

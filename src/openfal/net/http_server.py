@@ -54,7 +54,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(_CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
         self._arm_header_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -118,6 +118,54 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             % (status, _REASONS[status], len(body), body))
         self.transport.close()
         self._disarm_header_timer()
+
+
+class _CoalescingTransport:
+    """A transport that sends a response's head with its body: uvicorn writes them
+    separately (two system calls, two TCP segments per response). A write that ends a
+    head is held until the next write, which takes it along, or until the event loop's
+    next turn (a streamed body, or none)."""
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+        self._flush_later: asyncio.Handle | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._cancel_flush()
+            self._transport.write(head + data)
+        elif data.endswith(b"\r\n\r\n"):
+            self._head = data
+            self._flush_later = self._loop.call_soon(self._flush)
+        else:
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        self._flush_later = None
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def _cancel_flush(self) -> None:
+        if self._flush_later is not None:
+            self._flush_later.cancel()
+            self._flush_later = None
+
+    def close(self) -> None:
+        self._cancel_flush()
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._cancel_flush()
+        self._head = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def _peer(client: tuple[str, int] | None) -> str:
