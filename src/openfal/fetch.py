@@ -21,8 +21,10 @@ import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
@@ -151,6 +153,8 @@ def pinned_request(client: httpx.Client | httpx.AsyncClient, method: str, url: s
     if port:
         netloc += f":{port}"
     headers = {"host": parsed.netloc.rpartition("@")[2], **kwargs.pop("headers", {})}
+    import httpx  # imported when first needed: a runner's cold start does without it
+
     try:
         return client.build_request(
             method, parsed._replace(netloc=netloc).geturl(), headers=headers,
@@ -172,6 +176,8 @@ def fetch_to_file(url: str, dest: Path, *, policy: NetworkPolicy = PUBLIC_ONLY,
         dest.write_bytes(parsed.data)
         return parsed.content_type
     check_url(url)
+    import httpx  # imported when first needed: a runner's cold start does without it
+
     try:
         with httpx.Client(timeout=timeout, trust_env=False) as client:
             response = _follow(client, url, policy)

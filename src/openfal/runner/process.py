@@ -27,6 +27,7 @@ import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pydantic_core
@@ -58,12 +59,18 @@ from openfal.runner.protocol import (
     read_message,
 )
 from openfal.upstream.placement import is_routed_only
-from openfal.upstream.router import forward, upstream_serves, upstreams_configured
 
 # Where the import system runs a module's body: output from below these frames is the
 # module's, however deep in a request the import happened.
 _IMPORT_FRAMES = frozenset({"<frozen importlib._bootstrap>",
                             "<frozen importlib._bootstrap_external>"})
+
+
+def upstream_router() -> ModuleType:
+    """The upstream router, imported only by a runner that routes: with httpx and its
+    client it is about a third of a runner's import time."""
+    from openfal.upstream import router
+    return router
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +202,7 @@ class Runner:
         try:
             await self.call(self.app.setup)
         except ModelUnavailable as exc:
-            if not upstreams_configured():
+            if not upstream_router().upstreams_configured():
                 return await self.setup_failed(exc)
             self.unavailable = exc
         except AppException as exc:
@@ -316,12 +323,13 @@ class Runner:
                 return await batcher.submit(ctx, args[0])
             return await self.call(getattr(self.app, spec.method_name), *args)
         except ModelUnavailable as exc:
-            if not upstream_serves(ctx.endpoint_id):
+            if not upstream_router().upstream_serves(ctx.endpoint_id):
                 raise
             ctx.log(f"{exc.message} Forwarding the request to the upstream instead.")
         self.forwarding.add(ctx.request_id)
         try:
-            return await forward(ctx, ctx.endpoint_id, args[0] if args else None)
+            return await upstream_router().forward(ctx, ctx.endpoint_id,
+                                                   args[0] if args else None)
         finally:
             self.forwarding.discard(ctx.request_id)
 
