@@ -168,7 +168,10 @@ async def status_stream(request: Request) -> Response:
                 # stream's first event): the final status comes from the store. A finished
                 # job is checked too: a refresh that read the row before the end may still
                 # set an older status after it, and nothing would wake this stream again.
-                view = _View(None, await platform.store.get_request(view.job.id))
+                # Just finished, it is normally still in the dispatcher's memory.
+                recent = platform.dispatcher.recently_finished(view.job.id)
+                view = (_View(None, *recent) if recent is not None
+                        else _View(None, await platform.store.get_request(view.job.id)))
             changed = view.job.changed() if view.job is not None else None
             body = await _status_body(request, view, with_logs, sent_logs)
             sent_logs += len(body["logs"] or [])
