@@ -80,8 +80,10 @@ def test_bad_platform_headers_are_422(client: httpx.Client, header: str, value: 
     assert response.json()["detail"][0]["loc"] == ["header", header.lower()]
 
 
-def test_bad_max_queue_length_is_422(client: httpx.Client) -> None:
-    response = client.post("/queue/openfal/echo?fal_max_queue_length=many", json={"prompt": "x"})
+@pytest.mark.parametrize("query", ["fal_max_queue_length=many",
+                                   "fal%5Fmax%5Fqueue%5Flength=many"])  # percent-escaped
+def test_bad_max_queue_length_is_422(client: httpx.Client, query: str) -> None:
+    response = client.post(f"/queue/openfal/echo?{query}", json={"prompt": "x"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", "fal_max_queue_length"]
 

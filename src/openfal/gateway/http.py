@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import asyncio
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any, TypeVar
 
 import pydantic_core
 from pydantic import BaseModel, ValidationError
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from openfal.app.errors import validation_detail
 
@@ -39,6 +41,53 @@ def json_response(content: Any, status: int = 200,
                   headers: dict[str, str] | None = None) -> Response:
     return Response(pydantic_core.to_json(content), status, headers,
                     media_type="application/json")
+
+
+class EventStream(Response):
+    """Server-sent events from an async iterator of encoded events, ended as soon as the
+    client goes away (the iterator is closed: its ``finally`` runs). One task watches for
+    that, where Starlette's ``StreamingResponse`` starts an anyio task group per response
+    (a tenth of a queued round trip's CPU when the client follows the status stream)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str] | None = None):
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.current_task()
+        assert streaming is not None
+        over = False
+
+        def client_left(watch: asyncio.Future[None]) -> None:
+            if not over and not watch.cancelled():
+                streaming.cancel()
+
+        watch = asyncio.ensure_future(wait_for_disconnect(receive))
+        watch.add_done_callback(client_left)
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            async for event in self.events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.done() or watch.cancelled():
+                raise  # cancelled from outside, not by the client leaving
+            streaming.uncancel()
+        finally:
+            over = True
+            watch.cancel()
+            await self.events.aclose()  # type: ignore[attr-defined]
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    """Until the client goes away (a request whose body has been read)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def field_error(loc: list[str | int], msg: str, type_: str = "value_error") -> HTTPError:

@@ -120,6 +120,13 @@ def _io_options(store_io: str | None, mode: Mode) -> dict[str, Any]:
     return {"store_io": False} if mode is Mode.QUEUE else {"transient_io": True}
 
 
+def may_name(request: Request, parameter: bytes) -> bool:
+    """Whether the query string may hold ``parameter``: most requests' query strings can be
+    ruled out without parsing them (percent-escapes must be decoded first, so they count)."""
+    query = request.scope["query_string"]
+    return parameter in query or b"%" in query
+
+
 def forwarded_headers(request: Request) -> dict[str, str]:
     return {k: v for k, v in request.headers.items() if k.startswith(_FORWARDED_PREFIXES)}
 
@@ -128,6 +135,8 @@ _LONGEST_QUEUE = 10**9
 
 
 def max_queue_length(request: Request) -> int | None:
+    if not may_name(request, b"fal_max_queue_length"):
+        return None  # most submits: no query string to parse
     raw = request.query_params.get("fal_max_queue_length")
     if raw is None:
         return None

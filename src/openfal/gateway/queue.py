@@ -8,12 +8,12 @@ from typing import Any
 
 import pydantic_core
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from openfal.dispatcher.dispatcher import CancelResult, QueueFull
 from openfal.dispatcher.jobs import Job
 from openfal.gateway.auth import ensure_visible
-from openfal.gateway.http import HTTPError, json_response
+from openfal.gateway.http import EventStream, HTTPError, json_response
 from openfal.gateway.intake import (
     callable_endpoint,
     ensure_runnable,
@@ -21,6 +21,7 @@ from openfal.gateway.intake import (
     job_options,
     key_options,
     max_queue_length,
+    may_name,
     validated_payload,
 )
 from openfal.gateway.urls import queue_urls
@@ -136,7 +137,7 @@ async def _status_body(request: Request, view: _View, with_logs: bool,
 
 
 def _wants_logs(request: Request) -> bool:
-    if b"logs" not in request.scope["query_string"]:
+    if not may_name(request, b"logs"):
         return False  # most polls: no query string to parse
     return request.query_params.get("logs", "0").lower() in _TRUE
 
@@ -188,8 +189,7 @@ async def status_stream(request: Request) -> Response:
                 except TimeoutError:
                     yield b": keep-alive\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"cache-control": "no-store"})
+    return EventStream(events(), {"cache-control": "no-store"})
 
 
 async def result(request: Request) -> Response:

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 from starlette.types import Receive
 
 from openfal.dispatcher.dispatcher import KeyAtLimit
 from openfal.dispatcher.jobs import Job, Priority
-from openfal.gateway.http import HTTPError
+from openfal.gateway.http import EventStream, HTTPError, wait_for_disconnect
 from openfal.gateway.intake import (
     callable_endpoint,
     ensure_runnable,
@@ -68,17 +68,12 @@ async def _run_direct(platform: Platform, job: Job) -> asyncio.Future[Outcome]:
 async def until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:
     """Wait for ``work``; True if the client went away first (the body has been read, so
     the next message the server gives is the disconnect)."""
-    disconnect = asyncio.ensure_future(_wait_for_disconnect(receive))
+    disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
     try:
         await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         disconnect.cancel()
     return not work.done()
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 async def run(request: Request) -> Response:
@@ -125,8 +120,7 @@ async def stream(request: Request) -> Response:
             if not running.done():
                 platform.dispatcher.abandon(job.id)
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"x-fal-request-id": job.id, "cache-control": "no-store"})
+    return EventStream(events(), {"x-fal-request-id": job.id, "cache-control": "no-store"})
 
 
 def _event(data: bytes) -> bytes:
