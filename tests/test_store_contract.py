@@ -502,6 +502,30 @@ async def test_a_secret_is_replaced_only_from_the_value_it_was_read_as(
     assert await store.get_secret("missing") is None
 
 
+async def test_a_secret_is_set_over_what_is_there_and_deleted(store: Store,
+                                                               open_peer: Peer) -> None:
+    peer = await open_peer(store)
+    await store.set_secret("app/A", b"v1")
+    await peer.set_secret("app/A", b"v2")
+    assert await store.get_secret("app/A") == b"v2"
+    assert await peer.delete_secret("app/A")
+    assert await store.get_secret("app/A") is None
+    assert not await store.delete_secret("app/A")
+    await store.set_secret("app/A", b"v3")  # set again after its deletion
+    assert await peer.get_secret("app/A") == b"v3"
+
+
+async def test_secrets_are_listed_by_prefix_in_name_order(store: Store) -> None:
+    for name in ("app/B", "app/A", "app_x", "apps/C", "server"):
+        await store.set_secret(name, name.encode())
+    # "_" is literal in a prefix (not LIKE's any character).
+    assert await store.list_secrets("app/") == [("app/A", b"app/A"), ("app/B", b"app/B")]
+    assert await store.list_secrets("app_") == [("app_x", b"app_x")]
+    assert await store.list_secrets("nothing/") == []
+    assert [name for name, _ in await store.list_secrets("")] == [
+        "app/A", "app/B", "app_x", "apps/C", "server"]
+
+
 async def test_purge_removes_old_finished_requests_and_only_what_is_theirs(
         store: Store) -> None:
     old = [queued(f"old{i:04}", created_at=T0 + i) for i in range(1203)]

@@ -26,6 +26,7 @@ from openfal.files.signing import Signer
 from openfal.metrics import Metrics
 from openfal.net.tls import trust_environment
 from openfal.runner.environment import runner_environment
+from openfal.secrets import SecretBox
 from openfal.store import open_store
 from openfal.store.base import Store
 from openfal.store.sqlite import SQLiteStore
@@ -153,7 +154,8 @@ class Service(Protocol):
 
 
 class Platform:
-    """Everything one gateway process runs: store, app registry, dispatcher."""
+    """Everything one gateway process runs: store, app registry, dispatcher, the key that
+    seals app secrets."""
 
     def __init__(self, settings: Settings, listen_url: str | None = None,
                  store: Store | None = None):
@@ -163,6 +165,7 @@ class Platform:
                                          settings.durability)
         if isinstance(self.store, SQLiteStore):
             self.store.lock()
+        self.secret_box = SecretBox.from_environment(settings.data_dir)
         self.public_url = (settings.public_url or listen_url
                            or f"http://{settings.host}:{settings.port}").rstrip("/")
         self.files = open_file_storage(settings.files_url, settings.data_dir)
@@ -181,7 +184,7 @@ class Platform:
         self.worker = Worker(
             self.dispatcher, list(self.registry.apps.values()),
             runner_env=self.runner_env(), lease_seconds=settings.lease_seconds,
-            kind="local") if settings.runners else None
+            kind="local", secret_box=self.secret_box) if settings.runners else None
         self.webhooks = WebhookDelivery(
             self.store, settings.webhook_keys_dir,
             DeliveryPolicy(max_attempts=settings.webhook_max_attempts,

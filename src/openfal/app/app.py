@@ -132,6 +132,9 @@ class App:
     machine_type: ClassVar[str | list[str]] = "S"
     num_gpus: ClassVar[int] = 0
     requirements: ClassVar[list[str]] = []
+    # The app secrets (`openfal secrets`) its runners get as environment variables; None:
+    # every one, as on the hosted platform.
+    secrets: ClassVar[list[str] | None] = None
     keep_alive: ClassVar[float] = 60
     min_concurrency: ClassVar[int] = 0
     max_concurrency: ClassVar[int] = 1

@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from openfal.cli import client, keys, models, webhooks
+from openfal.cli import client, keys, models, secrets, webhooks
 from openfal.cli import env as env_cli
 from openfal.cli.console import stdout as console
 from openfal.cli.options import (
@@ -30,11 +30,12 @@ from openfal.upstream.config import UpstreamSet, load_config
 from openfal.upstream.placement import is_routed_only
 
 HELP = ("openfal: a self-hosted generative-media inference platform.\n\n"
-        "The client commands (run, apps, runners, keys, usage, webhooks) find the server by "
-        "themselves: --server or OPENFAL_SERVER, else the server running on the data dir "
-        "(--data-dir or OPENFAL_DATA_DIR, default ~/.openfal), else http://127.0.0.1:8000. "
-        "They send the key in OPENFAL_KEY, else the data dir's admin.key; never FAL_KEY, "
-        "which is fal-client's (usually a key for the hosted platform).")
+        "The client commands (run, apps, runners, keys, usage, webhooks, secrets) find the "
+        "server by themselves: --server or OPENFAL_SERVER, else the server running on the "
+        "data dir (--data-dir or OPENFAL_DATA_DIR, default ~/.openfal), else "
+        "http://127.0.0.1:8000. They send the key in OPENFAL_KEY, else the data dir's "
+        "admin.key; never FAL_KEY, which is fal-client's (usually a key for the hosted "
+        "platform).")
 RUN_HELP = ("Call an endpoint through the queue, showing its progress and logs, and print "
             "the result.\n\n"
             "At the end it prints how long the request took since it was submitted, and how "
@@ -48,6 +49,7 @@ app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
 app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(secrets.app, name="secrets")
 app.command()(keys.usage)
 
 

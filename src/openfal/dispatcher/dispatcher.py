@@ -31,6 +31,7 @@ from openfal.app.registry import Registry, ServedApp
 from openfal.dispatcher.jobs import Job, Priority, may_retry
 from openfal.dispatcher.positions import QueuePositions
 from openfal.runner.protocol import Log, Partial, Progress, Result, SavedState
+from openfal.secrets import STORE_PREFIX as SECRETS_PREFIX
 from openfal.store.base import (
     UNSTARTED,
     Claim,
@@ -581,6 +582,11 @@ class Dispatcher:
         if requeued:
             self._back_in_queue(record, record.options)
         return requeued
+
+    async def secrets(self, names: list[str] | None) -> dict[str, bytes]:
+        stored = {name.removeprefix(SECRETS_PREFIX): sealed
+                  for name, sealed in await self.store.list_secrets(SECRETS_PREFIX)}
+        return stored if names is None else {n: stored[n] for n in names if n in stored}
 
     async def _current(self, request_id: str) -> RequestRecord | None:
         job = self.jobs.get(request_id)

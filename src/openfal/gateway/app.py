@@ -25,6 +25,7 @@ from openfal.gateway import (
     queue,
     realtime,
     run,
+    secret_routes,
     storage_routes,
     tokens,
     webhook_routes,
@@ -81,6 +82,9 @@ ROUTES = [
     route("/api/keys/{key_id}", key_routes.revoke_key, ["DELETE"], A),
     route("/api/usage", key_routes.usage, ["GET"], A),
     route("/api/webhooks/rotate-key", webhook_routes.rotate_key, ["POST"], A),
+    route("/api/secrets", secret_routes.list_secrets, ["GET"], A),
+    route("/api/secrets/{name}", secret_routes.set_secret, ["PUT"], A),
+    route("/api/secrets/{name}", secret_routes.delete_secret, ["DELETE"], A),
     *(route(path, handler, ["POST"], A) for path, handler in worker_routes.ROUTES),
     # Re-enters the app with the target URL: the target route's own access applies.
     Route("/api/fal/proxy", ClientProxy(), methods=["GET", "POST", "PUT", "OPTIONS"]),

@@ -45,9 +45,11 @@ from openfal.gateway.hosts import QUEUE_PREFIX
 from openfal.gateway.http import json_response
 from openfal.gateway.key_routes import KeyUpdate, NewKey
 from openfal.gateway.models_api import ModelListing, ModelsQuery
+from openfal.gateway.secret_routes import SecretValue
 from openfal.gateway.storage_routes import InitiateBody
 from openfal.gateway.tokens import TokenRequest
 from openfal.gateway.urls import base_url
+from openfal.secrets import NAME_PATTERN as SECRET_NAME_PATTERN
 from openfal.server import Platform
 from openfal.store.base import UsageRow
 from openfal.worker.runners import RunnerState
@@ -142,6 +144,20 @@ class KeyRevoked(TypedDict):
     status: Literal["revoked"]
 
 
+class SecretSet(TypedDict):
+    name: str
+    updated_at: float
+
+
+class SecretListing(TypedDict):
+    secrets: list[SecretSet]
+
+
+class SecretDeleted(TypedDict):
+    name: str
+    status: Literal["deleted"]
+
+
 class Usage(TypedDict):
     since: float
     until: float
@@ -176,6 +192,8 @@ PLATFORM_TYPES: dict[Hashable, tuple[Any, Mode]] = {
     "keys": (KeyListing, _S), "new_key": (NewKey, _V), "created_key": (CreatedKey, _S),
     "key_update": (KeyUpdate, _V), "key_updated": (KeyUpdated, _S),
     "key_revoked": (KeyRevoked, _S), "usage": (Usage, _S),
+    "secrets": (SecretListing, _S), "secret_value": (SecretValue, _V),
+    "secret_set": (SecretSet, _S), "secret_deleted": (SecretDeleted, _S),
     "token_request": (TokenRequest, _V), "token": (str, _S),
     "initiate": (InitiateBody, _V), "signed_upload": (SignedUpload, _S),
     "storage_token": (StorageToken, _S), "models": (ModelListing, _S),
@@ -331,6 +349,8 @@ def _query_parameters(model: type[BaseModel]) -> list[Schema]:
 def _platform_paths(s: Mapping[Hashable, Schema], queue: QueueSchemas) -> dict[str, Schema]:
     request_id = [_parameter("request_id", "path", {"type": "string"}, required=True)]
     key_id = [_parameter("key_id", "path", {"type": "string"}, required=True)]
+    name = [_parameter("name", "path", {"type": "string", "pattern": SECRET_NAME_PATTERN},
+                       required=True)]
     unix_time = {"type": "number"}
     lifecycle = {"name": "X-Fal-Object-Lifecycle-Preference", "in": "header",
                  "required": False, "content": {"application/json": {"schema": s["lifecycle"]}}}
@@ -357,6 +377,14 @@ def _platform_paths(s: Mapping[Hashable, Schema], queue: QueueSchemas) -> dict[s
                                 body_required=True, parameters=key_id),
             "delete": _operation("Revoke a key", 200, s["key_revoked"], queue, (404,),
                                  parameters=key_id),
+        },
+        "/api/secrets": {"get": _operation("The app secrets' names (never a value)", 200,
+                                           s["secrets"], queue)},
+        "/api/secrets/{name}": {
+            "put": _operation("Set an app secret", 200, s["secret_set"], queue, (413, 422),
+                              body=s["secret_value"], body_required=True, parameters=name),
+            "delete": _operation("Remove an app secret", 200, s["secret_deleted"], queue,
+                                 (404, 422), parameters=name),
         },
         "/v1/models": {"get": _operation(
             "The served endpoints: list, find (endpoint_id) or search (q, category, status)",

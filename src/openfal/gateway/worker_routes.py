@@ -10,6 +10,7 @@ docs/ARCHITECTURE.md the protocol and its failure cases):
     POST /api/worker/events     {events: [[attempt_id, message], ...]} -> {}
     POST /api/worker/finish     {attempt_id, result, started}          -> {recorded}
     POST /api/worker/hand-back  {attempt_id, request_id, started}      -> {recorded}
+    POST /api/worker/secrets    {names}                                -> {secrets}
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class HandBackBody(BaseModel):
     attempt_id: str
     request_id: str
     started: bool
+
+
+class SecretsBody(BaseModel):
+    names: list[str] | None = Field(max_length=10_000)
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -142,7 +147,13 @@ async def hand_back(request: Request) -> Response:
     return _answer({"recorded": recorded})
 
 
+async def secrets(request: Request) -> Response:
+    body = await _body(request, SecretsBody)
+    return _answer({"secrets": await _platform(request).dispatcher.secrets(body.names)})
+
+
 ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     ("/api/worker/hello", hello), ("/api/worker/claim", claim),
     ("/api/worker/renew", renew), ("/api/worker/events", events),
-    ("/api/worker/finish", finish), ("/api/worker/hand-back", hand_back)]
+    ("/api/worker/finish", finish), ("/api/worker/hand-back", hand_back),
+    ("/api/worker/secrets", secrets)]

@@ -835,6 +835,22 @@ class PostgresStore:
                                     " AND value = $2", name, expected, value)
         return status == "UPDATE 1"
 
+    async def set_secret(self, name: str, value: bytes) -> None:
+        pool = await self._after_writes()
+        await pool.execute("INSERT INTO secrets (name, value) VALUES ($1, $2)"
+                           " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                           name, value)
+
+    async def delete_secret(self, name: str) -> bool:
+        pool = await self._after_writes()
+        return await pool.execute("DELETE FROM secrets WHERE name = $1", name) == "DELETE 1"
+
+    async def list_secrets(self, prefix: str) -> list[tuple[str, bytes]]:
+        # COLLATE "C": the byte order SQLite uses, whatever the database's collation.
+        rows = await self._db.fetch("SELECT name, value FROM secrets WHERE left(name,"
+                                    ' length($1)) = $1 ORDER BY name COLLATE "C"', prefix)
+        return [(row["name"], row["value"]) for row in rows]
+
     # Webhook outbox
     async def claim_due_webhooks(self, now: float, limit: int,
                                  lease_seconds: float) -> list[WebhookRecord]:

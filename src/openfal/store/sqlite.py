@@ -684,6 +684,22 @@ class SQLiteStore:
             "UPDATE secrets SET value=? WHERE name=? AND value=?",
             (value, name, expected)).rowcount == 1)
 
+    async def set_secret(self, name: str, value: bytes) -> None:
+        await self._write("INSERT INTO secrets (name, value) VALUES (?, ?)"
+                          " ON CONFLICT (name) DO UPDATE SET value=excluded.value", (name, value))
+
+    async def delete_secret(self, name: str) -> bool:
+        return await self._write_returning(lambda conn: conn.execute(
+            "DELETE FROM secrets WHERE name=?", (name,)).rowcount == 1)
+
+    async def list_secrets(self, prefix: str) -> list[tuple[str, bytes]]:
+        def read(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
+            rows = conn.execute("SELECT name, value FROM secrets"
+                                " WHERE substr(name, 1, length(?1)) = ?1 ORDER BY name",
+                                (prefix,))
+            return [(name, value) for name, value in rows]
+        return await self._read(read)
+
     # Webhook outbox
     async def claim_due_webhooks(self, now: float, limit: int,
                                  lease_seconds: float) -> list[WebhookRecord]:

@@ -92,6 +92,11 @@ class WorkLink(Protocol):
         it just claimed (not ``started``: as if never claimed)."""
         ...
 
+    async def secrets(self, names: list[str] | None) -> dict[str, bytes]:
+        """The app secrets ``names`` (those of them that are set; None: every one), sealed:
+        the worker opens them with its own key (openfal/secrets.py)."""
+        ...
+
 
 WORKER_API = "/api/worker"
 _RETRY_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)
@@ -194,6 +199,10 @@ class HttpLink:
         reply = await self._call("/hand-back", {"attempt_id": attempt_id,
                                                 "request_id": request_id, "started": started})
         return bool(reply["recorded"])
+
+    async def secrets(self, names: list[str] | None) -> dict[str, bytes]:
+        reply = await self._call("/secrets", {"names": names})
+        return reply["secrets"]
 
 
 def report_from_wire(item: list[Any]) -> Report:

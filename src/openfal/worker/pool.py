@@ -10,6 +10,7 @@ import time
 from typing import TYPE_CHECKING
 
 from openfal.app.registry import ServedApp
+from openfal.secrets import SecretsUnavailable, runner_secrets
 from openfal.worker.link import Assignment, ClaimReply
 from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
 
@@ -179,6 +180,8 @@ class AppPool:
 
     async def _run(self, runner: RunnerHandle) -> None:
         try:
+            # A secret cannot override the worker's own settings (where files go, ...).
+            runner.env = {**await self._secrets(), **runner.env}
             await runner.start(self.config.startup_timeout)
         except RunnerSetupFailed as exc:
             self.runners.pop(runner.id, None)
@@ -202,6 +205,15 @@ class AppPool:
         self.worker.on_runner_exit(runner)
         self.room_changed()
         self._scale()
+
+    async def _secrets(self) -> dict[str, str]:
+        """The app's secrets, read as each runner starts (a secret set later reaches the
+        runners started later)."""
+        sealed = await self.worker.link.secrets(self.config.secrets)
+        try:
+            return runner_secrets(sealed, self.config.secrets, self.worker.secret_box)
+        except SecretsUnavailable as exc:
+            raise RunnerSetupFailed(str(exc)) from None
 
     async def _setup_failed(self, failure: RunnerSetupFailed) -> None:
         self.setup_failures += 1

@@ -23,6 +23,7 @@ from openfal.runner.protocol import (
     encode,
     read_message,
 )
+from openfal.secrets import KEY_VARIABLE  # the worker's key: never a runner's
 
 if TYPE_CHECKING:
     from openfal.worker.worker import Attempt
@@ -87,7 +88,8 @@ class RunnerHandle:
     async def start(self, startup_timeout: float) -> None:
         """Spawn the process and wait until its ``setup()`` has finished."""
         ours, theirs = socket.socketpair()
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
+        inherited = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
+        env = {**inherited, **self.env, "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
         self._process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "openfal.runner", "--app", self.app_ref,
             "--fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),),

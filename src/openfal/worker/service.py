@@ -3,7 +3,8 @@
 It asks the gateway how runners are to be set up (where files go, the public URL, the
 owner of endpoint ids, the lease length), starts a :class:`Worker` over an HTTP link, and
 on SIGTERM or SIGINT drains: claims nothing more, lets running requests finish within the
-grace period and hands the rest back to the queue (a second signal stops at once).
+grace period and hands the rest back to the queue (a second signal stops at once). Its
+runners get the app secrets, opened with ``OPENFAL_SECRETS_KEY`` (the gateway's key).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from openfal.app.registry import Registry
 from openfal.errors import ConfigError
 from openfal.runner.environment import runner_environment
+from openfal.secrets import SecretBox
 from openfal.upstream.config import UpstreamSet
 from openfal.worker.link import HttpLink
 from openfal.worker.worker import Worker
@@ -46,6 +48,8 @@ def runner_env_for(settings: WorkerSettings, hello: dict) -> dict[str, str]:
 
 
 async def run_worker(settings: WorkerSettings) -> None:
+    # Before anything else: a malformed key stops the worker at once, in one line.
+    secret_box = SecretBox.from_variable()
     link = HttpLink(settings.server_url, settings.key)
     try:
         hello = await link.hello()
@@ -57,7 +61,7 @@ async def run_worker(settings: WorkerSettings) -> None:
         registry.add(ref)
     worker = Worker(link, list(registry.apps.values()),
                     runner_env=runner_env_for(settings, hello),
-                    lease_seconds=hello["lease_seconds"])
+                    lease_seconds=hello["lease_seconds"], secret_box=secret_box)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -23,6 +23,7 @@ from typing import Any
 
 from openfal.app.registry import ServedApp
 from openfal.runner.protocol import Cancel, RequestMessage, Result
+from openfal.secrets import SecretBox
 from openfal.worker.link import Assignment, WorkLink
 from openfal.worker.pool import AppPool
 from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
@@ -67,11 +68,14 @@ _FAILURES = {
 
 class Worker:
     def __init__(self, link: WorkLink, apps: list[ServedApp], *, runner_env: dict[str, str],
-                 lease_seconds: float = DEFAULT_LEASE_SECONDS, kind: str = "worker"):
+                 lease_seconds: float = DEFAULT_LEASE_SECONDS, kind: str = "worker",
+                 secret_box: SecretBox | None = None):
         # "local:" workers belong to the gateway process that runs them (see Dispatcher).
         self.id = f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.link = link
         self.runner_env = runner_env
+        # Opens the app secrets its runners get; None: they cannot be opened here.
+        self.secret_box = secret_box
         self.lease_seconds = lease_seconds
         self.pools = {app.ref: AppPool(app, self) for app in apps}
         self.attempts: dict[str, Attempt] = {}  # by attempt id
