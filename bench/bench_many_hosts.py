@@ -2,8 +2,10 @@
 redesign, and a PostgreSQL store beside SQLite, in one run.
 
 Every server runs the echo app behind its own runners (``openfal serve``, API keys on, no
-per-key limits in the way), one at a time on this machine, driven by the same load
-generator as bench/bench_gateway.py:
+per-key limits in the way) on this machine, driven by the same load generator as
+bench/bench_gateway.py. The release before and this tree run side by side and each point is
+measured on one, then the other, ``--rounds`` times (medians compared), so that a machine
+whose speed drifts (other tenants of its host) slows both alike:
 
 * the embedded default (SQLite) at ``--before`` (a git revision, default 1c8a707: the last
   commit before the store became the queue, run from a git worktree) and at this tree:
@@ -15,17 +17,18 @@ generator as bench/bench_gateway.py:
 
 Usage::
 
-    python bench/bench_many_hosts.py [--duration 5] [--before REV] [--markdown FILE]
+    python bench/bench_many_hosts.py [--duration 5] [--rounds 3] [--before REV] [--markdown FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import uvloop
@@ -73,12 +76,22 @@ def server(data_dir: Path, name: str, *more: str, source: Path | None = None) ->
     return ServerProcess(data_dir, [], command=command, name=name)
 
 
-async def measure_embedded(bench: Bench, target: ServerProcess, concurrency: int) -> None:
-    await first_echo(target)
-    await bench.measure("direct run", target, 1, direct(f"{target.url}/{ECHO}"))
-    queue = QueueClient(target.url)
-    await bench.measure("queued round trip", target, concurrency, queue.round_trip)
-    await bench.measure("durable submit", target, concurrency, queue.submit_only)
+async def measure_alternately(bench: Bench, targets: list[ServerProcess], concurrency: int,
+                              rounds: int) -> None:
+    """Each point on each server in turn, ``rounds`` times: a machine whose speed drifts
+    (other tenants of its host) then slows both sides alike."""
+    for target in targets:
+        await first_echo(target)
+    queues = {target.name: QueueClient(target.url) for target in targets}
+    for _ in range(rounds):
+        for target in targets:
+            await bench.measure("direct run", target, 1, direct(f"{target.url}/{ECHO}"))
+        for target in targets:
+            await bench.measure("queued round trip", target, concurrency,
+                                queues[target.name].round_trip)
+        for target in targets:
+            await bench.measure("durable submit", target, concurrency,
+                                queues[target.name].submit_only)
 
 
 async def measure_queue(bench: Bench, target: ServerProcess, concurrency: int) -> None:
@@ -95,15 +108,29 @@ def run_server(bench: Bench, target: ServerProcess, measure, concurrency: int) -
         uvloop.run(measure(bench, target, concurrency))
 
 
+def run_side_by_side(bench: Bench, targets: list[ServerProcess], concurrency: int,
+                     rounds: int) -> None:
+    with ExitStack() as running:
+        for target in targets:
+            running.enter_context(target)
+            target.headers = {"authorization": f"Key {admin_key(target.data_dir)}"}
+        uvloop.run(measure_alternately(bench, targets, concurrency, rounds))
+
+
+def median_figure(bench: Bench, scenario: str, target: str, concurrency: int,
+                  latency: bool) -> float:
+    """The median over the rounds of a point's p50 latency (ms) or throughput."""
+    points = [p for p in bench.points
+              if (p.scenario, p.target, p.concurrency) == (scenario, target, concurrency)]
+    return statistics.median(p.percentile_ms(0.5) if latency else p.throughput
+                             for p in points)
+
+
 def ratio_row(bench: Bench, scenario: str, concurrency: int, before: str, now: str,
               goal: str, latency: bool) -> list[str]:
-    old, new = bench.find(scenario, before, concurrency), bench.find(scenario, now, concurrency)
-    if latency:
-        figures = (old.percentile_ms(0.5), new.percentile_ms(0.5))
-        unit = "ms p50"
-    else:
-        figures = (old.throughput, new.throughput)
-        unit = "/s"
+    figures = (median_figure(bench, scenario, before, concurrency, latency),
+               median_figure(bench, scenario, now, concurrency, latency))
+    unit = "ms p50" if latency else "/s"
     return [f"{scenario} (c={concurrency})", f"{figures[0]:.2f} {unit}",
             f"{figures[1]:.2f} {unit}", f"{figures[1] / figures[0]:.2f}", goal]
 
@@ -135,6 +162,9 @@ def parse_args() -> argparse.Namespace:
                         help="seconds of unmeasured load before each point (default 1)")
     parser.add_argument("--concurrency", type=int, default=64,
                         help="connections for the throughput points (default 64)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="times each point is measured on the release before and on "
+                        "this tree, in turn; the report takes the median (default 3)")
     parser.add_argument("--before", default="1c8a707",
                         help="the revision to compare the embedded default with")
     parser.add_argument("--markdown", type=Path, help="also write the report as markdown here")
@@ -146,14 +176,15 @@ def main() -> None:
     bench = Bench(args.duration, args.warmup)
     intro = [*environment(), f"before: {args.before}; {args.duration:g} s measured per point "
              f"after {args.warmup:g} s of warm-up; closed-loop workers, one keep-alive "
-             "connection each"]
+             f"connection each; the release before and this tree side by side, each point "
+             f"on each in turn, {args.rounds} rounds, medians compared"]
     print("\n".join(intro), flush=True)
     with tempfile.TemporaryDirectory(prefix="openfal-bench-") as tmp:
         root = Path(tmp)
         with worktree(args.before, root / "before-src") as before_src:
-            run_server(bench, server(root / "before", "before", source=before_src),
-                       measure_embedded, args.concurrency)
-        run_server(bench, server(root / "now", "sqlite"), measure_embedded, args.concurrency)
+            run_side_by_side(bench, [server(root / "before", "before", source=before_src),
+                                     server(root / "now", "sqlite")],
+                             args.concurrency, args.rounds)
         run_server(bench, server(root / "queue", "sqlite-q"), measure_queue, args.concurrency)
         postgres = PostgresServer.start(durable=True)
         try:
