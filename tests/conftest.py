@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from openfal.testing import ServerProcess
+from openfal.testing import ServerProcess, worker_process
 from services import S3Service, start_seaweedfs
 
 APPS = Path(__file__).parent / "apps" / "testapps.py"
@@ -36,6 +37,26 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     for server in servers:
         server.stop()
         server.reap_leftovers()
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start ``openfal worker`` processes for one test: ``start(gateway, name, app)``, each
+    with a data dir of its own; all are stopped after it (resumed first if a test froze one:
+    a stopped worker cannot drain)."""
+    workers: list[ServerProcess] = []
+
+    def start(gateway: ServerProcess, name: str, app: str) -> ServerProcess:
+        worker = worker_process(tmp_path / name, gateway.url, "unused", [app]).start()
+        workers.append(worker)
+        return worker
+
+    yield start
+    for worker in workers:
+        if worker.proc is not None and worker.proc.poll() is None:
+            os.killpg(worker.pid, signal.SIGCONT)
+        worker.stop()
+        worker.reap_leftovers()
 
 
 @pytest.fixture(scope="module")

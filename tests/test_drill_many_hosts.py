@@ -20,7 +20,7 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from openfal.testing import ServerProcess, worker_process
+from openfal.testing import ServerProcess
 from services import S3Service
 from services_pg import PostgresServer
 
@@ -142,23 +142,6 @@ def assert_cancelled(client: httpx.Client, app: str, request_id: str) -> None:
     result = client.get(queue_path(app, request_id))
     assert result.status_code == 499, result.text
     assert result.json()["error_type"] == "client_cancelled"
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[[ServerProcess, str], ServerProcess]]:
-    workers: list[ServerProcess] = []
-
-    def start(gateway: ServerProcess, name: str) -> ServerProcess:
-        worker = worker_process(tmp_path / name, gateway.url, "unused", [DRILL]).start()
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        if worker.proc is not None and worker.proc.poll() is None:
-            os.killpg(worker.pid, signal.SIGCONT)  # a stopped worker cannot drain
-        worker.stop()
-        worker.reap_leftovers()
 
 
 @contextlib.contextmanager
@@ -279,9 +262,9 @@ def test_many_hosts_drill(start_server, start_worker, postgres_server: PostgresS
         gateway_a = start_server(*shared, data_dir=tmp_path / "gateway-a")
         gateway_b = start_server(*shared, data_dir=tmp_path / "gateway-b")
         processes += [gateway_a, gateway_b]
-        worker_1 = start_worker(gateway_a, "worker-1")
-        worker_2 = start_worker(gateway_b, "worker-2")
-        worker_3 = start_worker(gateway_b, "worker-3")
+        worker_1 = start_worker(gateway_a, "worker-1", DRILL)
+        worker_2 = start_worker(gateway_b, "worker-2", DRILL)
+        worker_3 = start_worker(gateway_b, "worker-3", DRILL)
         processes += [worker_1, worker_2, worker_3]
         w1, w2, w3 = (worker_id(worker) for worker in (worker_1, worker_2, worker_3))
         with gateway_a.client(timeout=LOAD_TIMEOUT) as client_a, \
@@ -366,7 +349,7 @@ def test_a_resumed_worker_given_back_its_lost_request_runs_it_once(start_server,
     not the lost attempt's cancellation."""
     gateway = start_server("--no-runners", "--no-builtin", "--app", DRILL,
                            "--lease-seconds", str(LEASE))
-    worker = start_worker(gateway, "worker")
+    worker = start_worker(gateway, "worker", DRILL)
     with gateway.client(timeout=STEP_TIMEOUT) as client:
         request_id = submit(client, {"n": 7, "seconds": 6, "ticks": 60})
         wait_for(lambda: status(client, request_id)["status"] == "IN_PROGRESS", STEP_TIMEOUT,

@@ -24,7 +24,7 @@ from openfal.secrets import (
     SecretsUnavailable,
     runner_secrets,
 )
-from openfal.testing import ServerProcess, worker_process
+from openfal.testing import ServerProcess
 
 SECRET_APPS = Path(__file__).parent / "apps" / "secret_apps.py"
 GREETER, SEES_ALL, NEEDS_MISSING = (f"{SECRET_APPS}::{name}"
@@ -154,21 +154,6 @@ def test_a_bad_value_is_refused_without_being_echoed(admin: httpx.Client) -> Non
     malformed = admin.put("/api/secrets/BAD_VALUE", content=b'{"value": "made-up-cut')
     assert malformed.status_code == 422 and "made-up" not in malformed.text
     assert put(admin, "BAD_VALUE", "é" * MAX_VALUE_CHARS).status_code == 200
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    workers: list[ServerProcess] = []
-
-    def start(gateway: ServerProcess, name: str, app: str) -> ServerProcess:
-        worker = worker_process(tmp_path / name, gateway.url, "unused", [app]).start()
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        worker.stop()
-        worker.reap_leftovers()
 
 
 def test_remote_workers_open_secrets_with_their_own_key(

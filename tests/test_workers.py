@@ -7,37 +7,18 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import httpx
-import pytest
 
 from openfal.runner.protocol import Result
-from openfal.testing import ServerProcess, worker_process
+from openfal.testing import ServerProcess
 from openfal.worker.link import HttpLink
 
 from conftest import APPS, wait_for
 
 WORK = f"{APPS}::Work"
 LEASE = "2"  # seconds: short, so lapsed leases are found within a test
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    workers: list[ServerProcess] = []
-
-    def start(gateway: ServerProcess, name: str, key: str = "unused") -> ServerProcess:
-        worker = worker_process(tmp_path / name, gateway.url, key, [WORK]).start()
-        workers.append(worker)
-        return worker
-
-    yield start
-    for worker in workers:
-        if worker.proc is not None and worker.proc.poll() is None:
-            os.killpg(worker.pid, signal.SIGCONT)
-        worker.stop()
-        worker.reap_leftovers()
 
 
 def gateway(start_server: Callable[..., ServerProcess], *more: str,
@@ -70,7 +51,7 @@ def attempts(client: httpx.Client, request_id: str) -> list[dict]:
 def test_queued_direct_and_streamed_requests_run_on_a_remote_worker(start_server,
                                                                      start_worker) -> None:
     server = gateway(start_server)
-    worker = start_worker(server, "w1")
+    worker = start_worker(server, "w1", WORK)
     with server.client() as client:
         request_id = submit(client, {"steps": 2, "message": "remote"})
         with client.stream("GET", f"/queue/openfal/work/requests/{request_id}/status/stream",
@@ -97,13 +78,13 @@ def test_queued_direct_and_streamed_requests_run_on_a_remote_worker(start_server
 def test_a_killed_worker_loses_its_lease_and_another_worker_finishes(start_server,
                                                                      start_worker) -> None:
     server = gateway(start_server)
-    first = start_worker(server, "w1")
+    first = start_worker(server, "w1", WORK)
     with server.client() as client:
         request_id = submit(client, {"seconds": 3, "steps": 3})
         wait_for(lambda: status(client, request_id)["status"] == "IN_PROGRESS", 60,
                  what="the first worker to start it")
         first.kill()
-        second = start_worker(server, "w2")
+        second = start_worker(server, "w2", WORK)
         result = outcome(client, request_id)
         assert result.status_code == 200
         assert result.json()["pid"] in second.tagged_pids()
@@ -114,7 +95,7 @@ def test_a_killed_worker_loses_its_lease_and_another_worker_finishes(start_serve
 
 def test_a_frozen_workers_late_result_is_refused(start_server, start_worker) -> None:
     server = gateway(start_server)
-    frozen = start_worker(server, "w1")
+    frozen = start_worker(server, "w1", WORK)
     with server.client() as client:
         request_id = submit(client, {"seconds": 4, "steps": 4, "message": "once"})
         wait_for(lambda: status(client, request_id)["status"] == "IN_PROGRESS", 60,
@@ -122,7 +103,7 @@ def test_a_frozen_workers_late_result_is_refused(start_server, start_worker) -> 
         os.killpg(frozen.pid, signal.SIGSTOP)  # the worker and its runner, past the lease
         wait_for(lambda: status(client, request_id)["status"] == "IN_QUEUE", 30,
                  what="the lease to lapse")
-        second = start_worker(server, "w2")
+        second = start_worker(server, "w2", WORK)
         result = outcome(client, request_id)
         os.killpg(frozen.pid, signal.SIGCONT)
         wait_for(lambda: any("refused" in line for line in frozen.output), 30,
