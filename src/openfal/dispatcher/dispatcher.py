@@ -526,13 +526,15 @@ class Dispatcher:
         elif isinstance(message, Progress):
             progress = {"step": message.step, "total": message.total,
                         "message": message.message}
-            self.store.set_live(message.id, progress, None)
+            if self._live_read_from_store(job):
+                self.store.set_live(message.id, progress, None)
             self.store.notifier.publish(Progressed(message.id, message.step, message.total,
                                                    message.message))
             if job is not None:
                 job.progress = progress
         elif isinstance(message, Partial):
-            self.store.set_live(message.id, None, message.body)
+            if self._live_read_from_store(job):
+                self.store.set_live(message.id, None, message.body)
             self.store.notifier.publish(PartialProduced(message.id, message.body))
             if job is not None:
                 job.add_partial(message.body)
@@ -540,6 +542,13 @@ class Dispatcher:
             self._spawn(self._save_state(message))
         if job is not None:
             job.notify()
+
+    def _live_read_from_store(self, job: Job | None) -> bool:
+        """Whether a request's progress and newest partial must be written to the store for
+        its readers: other gateways (a shared store), or, with this process owning the
+        store, readers of a request it keeps no job for (one accepted before a restart).
+        Otherwise every reader asks the job: a write per step would only load the store."""
+        return self.store.shared or job is None
 
     async def _save_state(self, message: SavedState) -> None:
         job = self.jobs.get(message.id)
