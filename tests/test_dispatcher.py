@@ -137,3 +137,27 @@ async def test_a_direct_run_takes_the_room_a_claim_under_way_has_left(dispatcher
     assert [a.request_id for a in reply.assignments] == [direct_id]
     assert await dispatcher.finish(reply.assignments[0].attempt_id,
                                    Result(direct_id, 200, b"{}"))
+
+
+async def test_a_claim_cancelled_under_way_leaves_its_direct_runs_to_the_next(
+        dispatcher) -> None:
+    # The worker of a claim asking the store goes away (its claim is cancelled): a direct
+    # run that waited on that claim must not be claimed for it, but wait for the next one.
+    served, _ = dispatcher.registry.resolve(ECHO)
+    queued = dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, Mode.QUEUE,
+                                Priority.NORMAL, {})
+    await dispatcher.submit(queued)
+    claiming = asyncio.ensure_future(dispatcher.claim("gone-worker", [ECHO], 2, 60))
+    while not dispatcher._claiming:
+        await asyncio.sleep(0)
+    direct = dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, Mode.DIRECT,
+                                Priority.DIRECT, {})
+    await dispatcher.start_direct(direct)
+    claiming.cancel()
+    await asyncio.gather(claiming, return_exceptions=True)
+    reply = await asyncio.wait_for(dispatcher.claim("worker-echo", [ECHO], 2, 60), 10)
+    taken = [a.request_id for a in reply.assignments]
+    assert direct.id in taken
+    for assignment in reply.assignments:
+        await dispatcher.finish(assignment.attempt_id, Result(assignment.request_id, 200, b"{}"))
+    assert (await direct.done).status == 200

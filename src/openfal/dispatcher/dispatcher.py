@@ -367,13 +367,15 @@ class Dispatcher:
         self._silent_workers.pop(worker_id, None)
         taking = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
         self._claiming.append(taking)
-        claims: list[Claim] = []
         try:
             claims = await self._claim_now(worker_id, endpoint_ids, limit)
-        finally:
+        except BaseException:
+            # Cancelled (its worker went away) or failed: it takes none of them.
             self._claiming.remove(taking)
-            # A claim cancelled (its worker went away) or failed takes none of them.
-            claims += self._settle_pending(taking, limit - len(claims))
+            self._settle_pending(taking, 0)
+            raise
+        self._claiming.remove(taking)
+        claims += self._settle_pending(taking, limit - len(claims))
         waiting = await self._waiting_after(endpoint_ids, limit, claims)
         if (not claims and not waiting and wait > 0 and self.accepting
                 and not self._work_marked(endpoint_ids)):
