@@ -161,3 +161,23 @@ async def test_a_claim_cancelled_under_way_leaves_its_direct_runs_to_the_next(
     for assignment in reply.assignments:
         await dispatcher.finish(assignment.attempt_id, Result(assignment.request_id, 200, b"{}"))
     assert (await direct.done).status == 200
+
+
+async def test_direct_runs_handed_to_a_claim_whose_worker_went_away_go_back(
+        dispatcher) -> None:
+    # A waiting claim is handed a direct run, but its worker went away before the answer
+    # reached it (the worker API's claim route gives such an answer back): the run waits
+    # again, and the next claim takes it.
+    claiming = asyncio.ensure_future(dispatcher.claim("gone-worker", [ECHO], 2, 60))
+    while not dispatcher._parked:
+        await asyncio.sleep(0)
+    served, _ = dispatcher.registry.resolve(ECHO)
+    direct = dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, Mode.DIRECT,
+                                Priority.DIRECT, {})
+    await dispatcher.start_direct(direct)
+    dispatcher.unanswered(await claiming)
+    reply = await asyncio.wait_for(dispatcher.claim("worker-echo", [ECHO], 1, 60), 10)
+    assert [a.request_id for a in reply.assignments] == [direct.id]
+    assert await dispatcher.finish(reply.assignments[0].attempt_id,
+                                   Result(direct.id, 200, b"{}"))
+    assert (await direct.done).status == 200

@@ -394,6 +394,13 @@ class Dispatcher:
             waiting = await self._waiting_after(endpoint_ids, limit, claims)
         return ClaimReply([self._started(claim) for claim in claims], waiting)
 
+    def unanswered(self, reply: ClaimReply) -> None:
+        """A claim's answer its worker never got (it went away meanwhile): its attempts go
+        back to wait, as if never claimed, rather than failing when their leases lapse."""
+        for assignment in reply.assignments:
+            self._spawn(self.hand_back(assignment.attempt_id, assignment.request_id,
+                                       started=False))
+
     async def _waiting_after(self, endpoint_ids: list[str], limit: int,
                              claims: list[Claim]) -> int:
         """What still waits, when it matters to the worker's scaling: it asked for no work,

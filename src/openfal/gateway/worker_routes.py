@@ -16,6 +16,7 @@ docs/ARCHITECTURE.md the protocol and its failure cases):
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -28,7 +29,13 @@ from starlette.responses import Response
 from openfal.gateway.http import HTTPError, read_body
 from openfal.gateway.run import until_disconnected
 from openfal.server import Platform
-from openfal.worker.link import decode_body, encode_body, report_from_wire, result_from_wire
+from openfal.worker.link import (
+    ClaimReply,
+    decode_body,
+    encode_body,
+    report_from_wire,
+    result_from_wire,
+)
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY = 1024 * 1024 * 1024  # a result may carry inline files
@@ -102,12 +109,19 @@ async def claim(request: Request) -> Response:
     claiming = asyncio.ensure_future(_platform(request).dispatcher.claim(
         body.worker_id, body.endpoint_ids, body.limit, body.wait))
     if await until_disconnected(request.receive, claiming):
-        # The worker is gone (it died while waiting): it must not be handed work.
+        # The worker is gone (it died while waiting): it must not be handed work. The claim
+        # may have been answered all the same (work handed to it as it was cancelled).
         claiming.cancel()
+        claiming.add_done_callback(functools.partial(_unanswered, _platform(request)))
         return Response(status_code=499)
     reply = claiming.result()
     return _answer({"assignments": [asdict(a) for a in reply.assignments],
                     "waiting": reply.waiting})
+
+
+def _unanswered(platform: Platform, claiming: asyncio.Future[ClaimReply]) -> None:
+    if not claiming.cancelled() and claiming.exception() is None:
+        platform.dispatcher.unanswered(claiming.result())
 
 
 async def renew(request: Request) -> Response:
