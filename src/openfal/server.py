@@ -115,6 +115,8 @@ class Settings:
     # A worker's claim on a request lapses this long after its last renewal.
     lease_seconds: float = DEFAULT_LEASE_SECONDS
     public_metrics: bool = False  # GET /metrics without an ADMIN key
+    # The GPUs this server's runners get, one runner each (--gpus); None: not managed.
+    gpus: list[str] | None = None
 
     @property
     def network_policy(self) -> NetworkPolicy:
@@ -184,7 +186,8 @@ class Platform:
         self.worker = Worker(
             self.dispatcher, list(self.registry.apps.values()),
             runner_env=self.runner_env(), lease_seconds=settings.lease_seconds,
-            kind="local", secret_box=self.secret_box) if settings.runners else None
+            kind="local", secret_box=self.secret_box,
+            gpus=settings.gpus) if settings.runners else None
         self.webhooks = WebhookDelivery(
             self.store, settings.webhook_keys_dir,
             DeliveryPolicy(max_attempts=settings.webhook_max_attempts,

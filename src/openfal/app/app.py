@@ -182,6 +182,8 @@ class App:
             raise ValueError(f"{cls.__name__}: max_multiplexing and max_concurrency must be >= 1")
         if not 0 <= cls.min_concurrency <= cls.max_concurrency:
             raise ValueError(f"{cls.__name__}: min_concurrency must be in [0, max_concurrency]")
+        if cls.num_gpus < 0:
+            raise ValueError(f"{cls.__name__}: num_gpus must be >= 0")
         for spec in cls._endpoints.values():
             if spec.batch is not None and spec.batch.max_size > cls.max_multiplexing:
                 raise ValueError(
@@ -192,6 +194,18 @@ class App:
     @classmethod
     def endpoints(cls) -> dict[str, EndpointSpec]:
         return cls._endpoints
+
+    @classmethod
+    def gpu_count(cls) -> int:
+        """GPUs each runner gets on a worker that manages them (``--gpus``): ``num_gpus``
+        when the app sets it, else 1 on a GPU ``machine_type`` (the hosted platform's GPU
+        machines are named ``GPU...``: ``GPU-A100``, ``GPU-H100``), else 0."""
+        setter = next(klass for klass in cls.__mro__ if "num_gpus" in vars(klass))
+        if setter is not App:
+            return cls.num_gpus
+        machine_types = ([cls.machine_type] if isinstance(cls.machine_type, str)
+                         else cls.machine_type)
+        return int(any(name.upper().startswith("GPU") for name in machine_types))
 
     # Lifecycle hooks, overridden by apps.
     def setup(self) -> Any:

@@ -397,11 +397,12 @@ def runners_command(target: Target, as_json: bool) -> int:
     if not listing["runners"]:
         stderr.print("no runners")
         return 0
-    runners = table("runner", "app", "state", "pid", "in flight", "started", "hints")
+    runners = table("runner", "app", "state", "pid", "gpus", "in flight", "started", "hints")
     for runner in listing["runners"]:
         started = datetime.fromtimestamp(runner["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
         runners.add_row(runner["runner_id"], runner["app_id"], runner["state"],
-                        str(runner.get("pid") or ""), "\n".join(runner["in_flight"]), started,
+                        str(runner.get("pid") or ""), ",".join(runner.get("gpus") or []),
+                        "\n".join(runner["in_flight"]), started,
                         ", ".join(map(str, runner.get("hints") or [])))
     stdout.print(runners)
     return 0

@@ -28,6 +28,7 @@ from openfal.server import Platform, Settings
 from openfal.server import serve as serve_platform
 from openfal.upstream.config import UpstreamSet, load_config
 from openfal.upstream.placement import is_routed_only
+from openfal.worker.gpus import parse_gpus
 
 HELP = ("openfal: a self-hosted generative-media inference platform.\n\n"
         "The client commands (run, apps, runners, keys, usage, webhooks, secrets) find the "
@@ -43,6 +44,13 @@ RUN_HELP = ("Call an endpoint through the queue, showing its progress and logs, 
             "a model the first time a runner needs it. That can be far more than what an app "
             "reports in its result (FLUX's timings.inference counts the image generation "
             "alone).")
+
+GpusOption = Annotated[str | None, typer.Option(
+    "--gpus", show_default=False,
+    help="GPUs for the runners: all (what nvidia-smi lists) or device ids, e.g. 0,1. Each "
+    "runner gets its app's num_gpus of them (1 for a GPU machine_type) in "
+    "CUDA_VISIBLE_DEVICES, never shared; with none free, requests wait. Runners of apps "
+    "without a GPU get none. Default: not managed (runners see every GPU).")]
 
 app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False)
 
@@ -140,6 +148,7 @@ def serve(
     public_metrics: Annotated[bool, typer.Option(
         "--public-metrics", help="Serve GET /metrics (Prometheus) without a key; by default "
         "it needs an ADMIN key.")] = False,
+    gpus: GpusOption = None,
 ) -> None:
     """Start the platform: gateway, queue and runners, with state in DATA_DIR."""
     if not tls and (tls_names or proxy_port is not None):
@@ -150,6 +159,7 @@ def serve(
         raise typer.BadParameter(str(exc), param_hint="--allow-network") from None
     try:
         upstreams = _upstreams(config)
+        devices = parse_gpus(gpus)
     except ConfigError as exc:
         _config_error(exc)
     settings = Settings(host=host, port=port, data_dir=data_dir.expanduser(),
@@ -174,7 +184,8 @@ def serve(
                         header_timeout_seconds=header_timeout,
                         max_header_bytes=max_header_kb * 1024, upstreams=upstreams,
                         store_url=store, files_url=files, runners=not no_runners,
-                        lease_seconds=lease_seconds, public_metrics=public_metrics)
+                        lease_seconds=lease_seconds, public_metrics=public_metrics,
+                        gpus=devices)
     try:
         serve_platform(settings, on_ready=lambda platform, url: _announce(settings, platform,
                                                                           url))
@@ -206,6 +217,7 @@ def worker(
     drain_seconds: Annotated[float, typer.Option(
         min=0, help="On SIGTERM/SIGINT, how long running requests get to finish before the "
         "rest is handed back to the queue.")] = 30,
+    gpus: GpusOption = None,
 ) -> None:
     """Run runners on this host for a gateway: claim queued and direct work for the apps
     served here, run it, report logs, progress and results."""
@@ -222,7 +234,8 @@ def worker(
             server_url=server, key=key, apps=app_refs or LOCAL_APPS,
             data_dir=data_dir.expanduser(),
             models_dir=models_dir.expanduser() if models_dir else None, files=files,
-            drain_seconds=drain_seconds, upstreams=_upstreams(config))
+            drain_seconds=drain_seconds, upstreams=_upstreams(config),
+            gpus=parse_gpus(gpus))
         asyncio.run(run_worker(settings))
     except ConfigError as exc:
         _config_error(exc)

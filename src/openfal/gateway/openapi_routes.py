@@ -98,6 +98,7 @@ class Runner(TypedDict):
     in_flight: list[str]
     started_at: float | None
     hints: list[str]
+    gpus: list[str]  # its devices (CUDA_VISIBLE_DEVICES) on a worker run with --gpus
 
 
 class RunnerListing(TypedDict):

@@ -169,6 +169,9 @@ class DiffusersApp(openfal.App):
     keep_alive = 300
     max_multiplexing = 1
     request_timeout = 1800
+    # A GPU machine, as on the hosted platform: each runner gets one of the devices a
+    # worker started with --gpus manages (without --gpus, whatever it is given).
+    machine_type = "GPU-H100"
     # Python modules the app needs (a 503 naming the missing ones otherwise).
     runtime_modules: tuple[str, ...] = ("torch", "diffusers", "transformers")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ class AppPool:
         self._room = asyncio.Event()
         self._spawn_blocked_until = 0.0
         self._scale_scheduled = False
+        self._refusing = False  # failing the waiting requests of an app too big for the GPUs
         self._tasks: set[asyncio.Task] = set()
         self._claiming: asyncio.Task | None = None
 
@@ -151,13 +153,16 @@ class AppPool:
     def _live_runners(self) -> list[RunnerHandle]:
         return [r for r in self.runners.values() if not r.draining]
 
-    def _scale(self) -> None:
-        if self.paused:
-            return
+    def _missing_runners(self) -> int:
         needed = math.ceil((self.busy() + self.demand) / self.config.max_multiplexing)
         target = min(max(self.config.min_concurrency, needed), self.config.max_concurrency)
-        missing = target - len(self._live_runners())
-        if missing <= 0:
+        return target - len(self._live_runners())
+
+    def _scale(self) -> None:
+        if self.paused or self._missing_runners() <= 0:
+            return
+        if not self.worker.gpus.fits(self.gpus_needed):
+            self._refuse_for_gpus()
             return
         delay = self._spawn_blocked_until - time.monotonic()
         if delay > 0:
@@ -165,33 +170,69 @@ class AppPool:
                 self._scale_scheduled = True
                 asyncio.get_running_loop().call_later(delay, self._scale_after_backoff)
             return
-        for _ in range(missing):
-            self._spawn()
+        # Counted again at each runner: taking devices may have started one (got_gpus).
+        while self._missing_runners() > 0:
+            devices = self.worker.gpus.take(self.gpus_needed)
+            if devices is None:  # its work waits in the queue until devices come free
+                self.worker.gpus.wait(self)
+                return
+            self._spawn(devices)
 
     def _scale_after_backoff(self) -> None:
         self._scale_scheduled = False
         self._scale()
 
-    def _spawn(self) -> None:
+    # GPUs (worker/gpus.py)
+    @functools.cached_property
+    def gpus_needed(self) -> int:
+        """By each of its runners."""
+        return self.config.gpu_count()
+
+    def wants_gpus(self) -> bool:
+        return not self.paused and self._missing_runners() > 0
+
+    def got_gpus(self, devices: list[str]) -> None:
+        self._spawn(devices)
+        self._scale()
+
+    def _spawn(self, gpus: list[str]) -> None:
         runner = RunnerHandle(self.app.app_id, self.app.ref, self.config.max_multiplexing,
-                              self.worker.runner_env)
+                              self.worker.runner_env | self.worker.gpus.environment(gpus),
+                              gpus)
         self.runners[runner.id] = runner
         self._track(asyncio.get_running_loop().create_task(self._run(runner)))
 
     async def _run(self, runner: RunnerHandle) -> None:
         try:
+            failure = await self._start(runner)
+            if failure is None:
+                await self._serve(runner)
+        finally:
+            # However it ended (shutting down too), its GPUs are free once it is gone.
+            self.runners.pop(runner.id, None)
+            await runner.end()
+            self.worker.gpus.give_back(runner.gpus)
+        if failure is not None:
+            await self._setup_failed(failure)
+            return
+        # Whatever ended it (short of shutting down), its requests end or are retried.
+        self.worker.on_runner_exit(runner)
+        self.room_changed()
+        self._scale()
+
+    async def _start(self, runner: RunnerHandle) -> RunnerSetupFailed | None:
+        """Start the runner and wait for its setup; why it failed, if it did."""
+        try:
             # A secret cannot override the worker's own settings (where files go, ...).
             runner.env = {**await self._secrets(), **runner.env}
             await runner.start(self.config.startup_timeout)
         except RunnerSetupFailed as exc:
-            self.runners.pop(runner.id, None)
-            await self._setup_failed(exc)
-            return
+            return exc
         except Exception as exc:
-            self.runners.pop(runner.id, None)
-            runner.kill()
-            await self._setup_failed(RunnerSetupFailed(f"could not start a runner: {exc!r}"))
-            return
+            return RunnerSetupFailed(f"could not start a runner: {exc!r}")
+        return None
+
+    async def _serve(self, runner: RunnerHandle) -> None:
         self.setup_failures = 0
         self.watch_idle(runner)
         self.room_changed()
@@ -199,12 +240,6 @@ class AppPool:
             await runner.serve(self.worker.on_runner_message)
         except Exception:
             log.exception("%s: lost runner %s", self.app.app_id, runner.id)
-        # Whatever ended it (short of shutting down), its requests end or are retried.
-        runner.kill()
-        self.runners.pop(runner.id, None)
-        self.worker.on_runner_exit(runner)
-        self.room_changed()
-        self._scale()
 
     async def _secrets(self) -> dict[str, str]:
         """The app's secrets, read as each runner starts (a secret set later reaches the
@@ -226,6 +261,22 @@ class AppPool:
             backoff = min(0.5 * 2 ** (self.setup_failures - 1), 30.0)
             self._spawn_blocked_until = time.monotonic() + backoff
         self._scale()
+
+    def _refuse_for_gpus(self) -> None:
+        """A runner of this app needs more GPUs than this worker has: its waiting requests
+        fail, as after a setup failure, rather than wait for devices that never come."""
+        if self._refusing:
+            return
+        self._refusing = True
+        failure = RunnerSetupFailed(self.worker.gpus.too_few(self.gpus_needed))
+        self._track(asyncio.get_running_loop().create_task(self._refuse(failure)))
+
+    async def _refuse(self, failure: RunnerSetupFailed) -> None:
+        log.error("%s: %s", self.app.app_id, failure)
+        try:
+            await self.worker.fail_waiting(self, failure)
+        finally:
+            self._refusing = False
 
     def watch_idle(self, runner: RunnerHandle) -> None:
         """Stop the runner if it is still idle ``keep_alive`` seconds from now (one timer

@@ -51,12 +51,13 @@ OnExit = Callable[["RunnerHandle"], Awaitable[None] | None]
 
 class RunnerHandle:
     def __init__(self, app_id: str, app_ref: str, max_multiplexing: int,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str] | None = None, gpus: list[str] | None = None):
         self.id = uuid.uuid4().hex[:12]
         self.app_id = app_id
         self.app_ref = app_ref
         self.max_multiplexing = max_multiplexing
         self.env = env or {}
+        self.gpus = gpus or []  # the devices it holds (GpuSet), while its process lives
         self.draining = False
         self.ready = False
         self.pid: int | None = None
@@ -83,7 +84,7 @@ class RunnerHandle:
     def describe(self) -> dict[str, Any]:
         return {"runner_id": self.id, "app_id": self.app_id, "state": self.state.value,
                 "pid": self.pid, "in_flight": sorted(self.in_flight),
-                "started_at": self.started_at, "hints": self.hints}
+                "started_at": self.started_at, "hints": self.hints, "gpus": self.gpus}
 
     async def start(self, startup_timeout: float) -> None:
         """Spawn the process and wait until its ``setup()`` has finished."""
@@ -116,9 +117,7 @@ class RunnerHandle:
         assert self._reader is not None
         while (message := await read_message(self._reader)) is not None:
             on_message(self, message)  # type: ignore[arg-type]  # a runner sends only these
-        self.kill()
-        if self._process is not None:
-            await self._process.wait()
+        await self.end()
 
     def send(self, message: Message) -> None:
         if self._writer is not None and not self._writer.is_closing():
@@ -128,6 +127,12 @@ class RunnerHandle:
         """Let in-flight requests finish, then let the process exit on its own."""
         self.draining = True
         self.send(Stop())
+
+    async def end(self) -> None:
+        """Kill the process (if it was started) and wait until it is gone."""
+        self.kill()
+        if self._process is not None:
+            await self._process.wait()
 
     def kill(self) -> None:
         """Stop the process and everything it started, now. It takes no more work."""

@@ -36,6 +36,7 @@ class WorkerSettings:
     files: str | None = None  # None: where the gateway says (its folder or bucket)
     drain_seconds: float = 30.0
     upstreams: UpstreamSet = field(default_factory=UpstreamSet)
+    gpus: list[str] | None = None  # the GPUs runners get, one runner each; None: not managed
 
 
 def runner_env_for(settings: WorkerSettings, hello: dict) -> dict[str, str]:
@@ -61,7 +62,8 @@ async def run_worker(settings: WorkerSettings) -> None:
         registry.add(ref)
     worker = Worker(link, list(registry.apps.values()),
                     runner_env=runner_env_for(settings, hello),
-                    lease_seconds=hello["lease_seconds"], secret_box=secret_box)
+                    lease_seconds=hello["lease_seconds"], secret_box=secret_box,
+                    gpus=settings.gpus)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

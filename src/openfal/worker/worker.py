@@ -24,6 +24,7 @@ from typing import Any
 from openfal.app.registry import ServedApp
 from openfal.runner.protocol import Cancel, RequestMessage, Result
 from openfal.secrets import SecretBox
+from openfal.worker.gpus import GpuSet
 from openfal.worker.link import Assignment, WorkLink
 from openfal.worker.pool import AppPool
 from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
@@ -69,7 +70,7 @@ _FAILURES = {
 class Worker:
     def __init__(self, link: WorkLink, apps: list[ServedApp], *, runner_env: dict[str, str],
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, kind: str = "worker",
-                 secret_box: SecretBox | None = None):
+                 secret_box: SecretBox | None = None, gpus: list[str] | None = None):
         # "local:" workers belong to the gateway process that runs them (see Dispatcher).
         self.id = f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.link = link
@@ -77,6 +78,7 @@ class Worker:
         # Opens the app secrets its runners get; None: they cannot be opened here.
         self.secret_box = secret_box
         self.lease_seconds = lease_seconds
+        self.gpus = GpuSet(gpus)  # gpus None: not managed (runners see what this process sees)
         self.pools = {app.ref: AppPool(app, self) for app in apps}
         self.attempts: dict[str, Attempt] = {}  # by attempt id
         self._held_changed = asyncio.Event()
