@@ -21,7 +21,6 @@ import enum
 import json
 import logging
 import time
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from typing import Any
 from openfal.app.registry import Registry, ServedApp
 from openfal.dispatcher.jobs import Job, Priority, may_retry
 from openfal.dispatcher.positions import QueuePositions
+from openfal.ids import new_id
 from openfal.runner.protocol import Log, Partial, Progress, Result, SavedState
 from openfal.secrets import STORE_PREFIX as SECRETS_PREFIX
 from openfal.store.base import (
@@ -213,7 +213,7 @@ class Dispatcher:
     def new_job(self, app: ServedApp, path: str, payload: bytes, headers: dict[str, str],
                 mode: Mode, priority: Priority, options: dict[str, Any],
                 key_id: str | None = None) -> Job:
-        return Job(id=str(uuid.uuid4()), app_id=app.app_id, endpoint_id=app.endpoint_id(path),
+        return Job(id=new_id(), app_id=app.app_id, endpoint_id=app.endpoint_id(path),
                    path=path, mode=mode, payload=payload, headers=headers,
                    priority=priority, created_at=time.time(), options=options, key_id=key_id)
 
@@ -460,7 +460,7 @@ class Dispatcher:
         now = time.time()
         record = job.to_record()
         record.status, record.attempts, record.started_at = Status.IN_PROGRESS, 1, now
-        claim = Claim(record, str(uuid.uuid4()), now + self.lease_seconds, worker_id)
+        claim = Claim(record, new_id(), now + self.lease_seconds, worker_id)
         self.store.add_request(claim.request, claim)
         return claim
 

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 
 from openfal.errors import ConfigError
+from openfal.ids import new_id
 from openfal.store.base import (
     UNSTARTED,
     Claim,
@@ -960,7 +961,7 @@ async def _start_claims(conn: asyncpg.Connection, rows: list[asyncpg.Record], wo
                         now: float, lease_until: float) -> list[Claim]:
     if not rows:
         return []
-    attempt_ids = [str(uuid.uuid4()) for _ in rows]
+    attempt_ids = [new_id() for _ in rows]
     started = await conn.fetch(_START_ATTEMPTS, [row["id"] for row in rows],
                                [row["attempts"] + 1 for row in rows], attempt_ids, worker_id,
                                now, lease_until)

@@ -21,7 +21,6 @@ import queue
 import socket
 import sqlite3
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from openfal.errors import ConfigError
+from openfal.ids import new_id
 from openfal.store.base import (
     UNSTARTED,
     Claim,
@@ -383,7 +383,7 @@ class SQLiteStore:
                 record.attempts += 1
                 record.status = Status.IN_PROGRESS
                 record.started_at = record.started_at or now
-                attempt_id = record.attempt_id = str(uuid.uuid4())
+                attempt_id = record.attempt_id = new_id()
                 _start_attempt(conn, record.id, record.attempts, attempt_id, worker_id, now,
                                lease_until)
                 claims.append(Claim(record, attempt_id, lease_until, worker_id))
