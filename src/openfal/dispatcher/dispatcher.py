@@ -365,17 +365,7 @@ class Dispatcher:
         # A claim arriving is the worker alive now (one that resumed holding nothing never
         # renews); a claim it parked before it went silent still gets nothing.
         self._silent_workers.pop(worker_id, None)
-        taking = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
-        self._claiming.append(taking)
-        try:
-            claims = await self._claim_now(worker_id, endpoint_ids, limit)
-        except BaseException:
-            # Cancelled (its worker went away) or failed: it takes none of them.
-            self._claiming.remove(taking)
-            self._settle_pending(taking, 0)
-            raise
-        self._claiming.remove(taking)
-        claims += self._settle_pending(taking, limit - len(claims))
+        claims = await self._claim_now(worker_id, endpoint_ids, limit)
         waiting = await self._waiting_after(endpoint_ids, limit, claims)
         if (not claims and not waiting and wait > 0 and self.accepting
                 and not self._work_marked(endpoint_ids)):
@@ -429,11 +419,20 @@ class Dispatcher:
             return []
         for endpoint_id in endpoint_ids:
             self._may_wait[endpoint_id] = False  # work added from now on marks it again
-        claims = await self.store.claim(endpoint_ids, worker_id, limit=limit,
-                                        lease_seconds=self.lease_seconds, now=time.time())
+        taking = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
+        self._claiming.append(taking)  # direct runs arriving meanwhile wait on it
+        try:
+            claims = await self.store.claim(endpoint_ids, worker_id, limit=limit,
+                                            lease_seconds=self.lease_seconds, now=time.time())
+        except BaseException:
+            # Cancelled (its worker went away) or failed: it takes none of them.
+            self._claiming.remove(taking)
+            self._settle_pending(taking, 0)
+            raise
+        self._claiming.remove(taking)
         if len(claims) == limit:
             self._mark_work(endpoint_ids)  # there may be more
-        return claims
+        return claims + self._settle_pending(taking, limit - len(claims))
 
     def _work_marked(self, endpoint_ids: list[str] | frozenset[str]) -> bool:
         return any(self._may_wait.get(endpoint_id, True) for endpoint_id in endpoint_ids)

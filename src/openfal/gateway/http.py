@@ -84,6 +84,17 @@ class EventStream(Response):
             await self.events.aclose()  # type: ignore[attr-defined]
 
 
+async def until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:
+    """Wait for ``work``; True if the client went away first (the body has been read, so
+    the next message the server gives is the disconnect)."""
+    disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        disconnect.cancel()
+    return not work.done()
+
+
 async def wait_for_disconnect(receive: Receive) -> None:
     """Until the client goes away (a request whose body has been read)."""
     while (await receive())["type"] != "http.disconnect":

@@ -11,15 +11,13 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive
 
 from openfal.dispatcher.dispatcher import KeyAtLimit
 from openfal.dispatcher.jobs import Job, Priority
-from openfal.gateway.http import EventStream, HTTPError, wait_for_disconnect
+from openfal.gateway.http import EventStream, HTTPError, until_disconnected
 from openfal.gateway.intake import (
     callable_endpoint,
     ensure_runnable,
@@ -63,17 +61,6 @@ async def _run_direct(platform: Platform, job: Job) -> asyncio.Future[Outcome]:
         return await platform.dispatcher.start_direct(job)
     except KeyAtLimit as exc:
         raise HTTPError(429, str(exc), "concurrency_limit", {"retry-after": "1"}) from None
-
-
-async def until_disconnected(receive: Receive, work: asyncio.Future[Any]) -> bool:
-    """Wait for ``work``; True if the client went away first (the body has been read, so
-    the next message the server gives is the disconnect)."""
-    disconnect = asyncio.ensure_future(wait_for_disconnect(receive))
-    try:
-        await asyncio.wait({work, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        disconnect.cancel()
-    return not work.done()
 
 
 async def run(request: Request) -> Response:

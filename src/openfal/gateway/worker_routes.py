@@ -26,8 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from openfal.gateway.http import HTTPError, read_body
-from openfal.gateway.run import until_disconnected
+from openfal.gateway.http import HTTPError, read_body, until_disconnected
 from openfal.server import Platform
 from openfal.worker.link import (
     ClaimReply,

@@ -113,11 +113,11 @@ class RunnerHandle:
         self.ready = True
 
     async def serve(self, on_message: OnMessage) -> None:
-        """Deliver the runner's messages until it exits."""
+        """Deliver the runner's messages until its socket closes (whoever started it then
+        ends the process: ``end``)."""
         assert self._reader is not None
         while (message := await read_message(self._reader)) is not None:
             on_message(self, message)  # type: ignore[arg-type]  # a runner sends only these
-        await self.end()
 
     def send(self, message: Message) -> None:
         if self._writer is not None and not self._writer.is_closing():
