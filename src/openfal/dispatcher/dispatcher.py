@@ -122,9 +122,6 @@ class _ParkedClaim:
     endpoint_ids: frozenset[str]
     limit: int
     handed: list[Claim] = field(default_factory=list)
-    # While the claim is asking the store: direct runs that will take the room it has left
-    # (the rest then wait in the store).
-    pending: list[Job] = field(default_factory=list)
     future: asyncio.Future[list[Claim] | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -134,6 +131,17 @@ class _ParkedClaim:
         # Not answered yet, or answered with the list of handed claims.
         return not self.future.done() or (not self.future.cancelled()
                                           and self.future.result() is self.handed)
+
+
+@dataclass(eq=False)
+class _ClaimUnderWay:
+    """A worker's claim asking the store for work: direct runs arriving meanwhile wait on
+    it (``pending``) and take the room it has left when the store answers."""
+
+    worker_id: str
+    endpoint_ids: frozenset[str]
+    limit: int
+    pending: list[Job] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -166,7 +174,7 @@ class Dispatcher:
         self.recent: OrderedDict[str, tuple[RequestRecord, list[LogEntry]]] = OrderedDict()
         self._recent_bytes = 0
         self._parked: list[_ParkedClaim] = []
-        self._claiming: list[_ParkedClaim] = []  # claims asking the store for work now
+        self._claiming: list[_ClaimUnderWay] = []
         # Endpoints whose waiting work may not all have been claimed: set when work is added
         # (here, or another gateway's WorkAdded), cleared by a claim that took less than it
         # asked. A claim for endpoints with no mark skips the store; a claim that waited its
@@ -273,7 +281,7 @@ class Dispatcher:
                 job.done.set_result(failure(503, "The request could not be stored",
                                             "store_unavailable"))
 
-    def _settle_pending(self, taking: _ParkedClaim, room: int) -> list[Claim]:
+    def _settle_pending(self, taking: _ClaimUnderWay, room: int) -> list[Claim]:
         """The direct runs that waited on a claim: as many as it has room left for are
         claimed by it, the others wait in the store."""
         claims = []
@@ -419,8 +427,8 @@ class Dispatcher:
             return []
         for endpoint_id in endpoint_ids:
             self._may_wait[endpoint_id] = False  # work added from now on marks it again
-        taking = _ParkedClaim(worker_id, frozenset(endpoint_ids), limit)
-        self._claiming.append(taking)  # direct runs arriving meanwhile wait on it
+        taking = _ClaimUnderWay(worker_id, frozenset(endpoint_ids), limit)
+        self._claiming.append(taking)
         try:
             claims = await self.store.claim(endpoint_ids, worker_id, limit=limit,
                                             lease_seconds=self.lease_seconds, now=time.time())
