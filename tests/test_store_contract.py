@@ -7,6 +7,8 @@ clock: ``now`` is what the store is told.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
 import shutil
 import socket
 import sqlite3
@@ -22,6 +24,7 @@ import pytest
 from openfal.errors import ConfigError
 from openfal.store import open_store
 from openfal.store.base import (
+    AppRevision,
     Claim,
     HistoryQuery,
     HistoryStatus,
@@ -37,6 +40,7 @@ from openfal.store.base import (
 )
 from openfal.store.events import CancelRequested, Event, PartialProduced, WorkAdded
 from openfal.store.migrations import migrations
+from openfal.store.postgres import MIGRATIONS as PG_MIGRATIONS
 from openfal.store.postgres import PostgresStore
 from openfal.store.sqlite import SQLiteStore
 from services_pg import PostgresServer
@@ -623,6 +627,112 @@ async def test_keys_and_usage(store: Store) -> None:
     assert await store.usage(NOW, NOW + 10) == []
 
 
+# Deployed apps
+
+async def deploy(store: Store, app_id: str = "o/a", bundle: bytes = b"bundle",
+                 created_at: float = T0) -> AppRevision:
+    return await store.add_app_revision(app_id, "app.py::App", bundle, created_at)
+
+
+async def test_deploys_are_numbered_and_the_latest_is_current(store: Store,
+                                                              open_peer: Peer) -> None:
+    first = await store.add_app_revision("o/a", "src/app.py::First", b"one", T0)
+    assert first == AppRevision("o/a", 1, "src/app.py::First",
+                                hashlib.sha256(b"one").hexdigest(), 3, T0)
+    second = await deploy(store, bundle=b"two", created_at=T0 + 1)
+    third = await deploy(store, bundle=b"three", created_at=T0 + 2)
+    assert (second.revision, third.revision) == (2, 3)
+    peer = await open_peer(store)
+    assert await peer.app_revisions("o/a") == [first, second, third]
+    assert await peer.current_app_revisions() == {"o/a": third}
+    assert await store.app_revisions("o/unknown") == []
+
+
+async def test_a_rollback_is_current_and_the_next_deploy_numbers_past_the_highest(
+        store: Store) -> None:
+    first, _, third = [await deploy(store, created_at=T0 + i) for i in range(3)]
+    assert await store.set_current_app_revision("o/a", 1) == first
+    assert await store.current_app_revisions() == {"o/a": first}
+    fourth = await deploy(store)
+    assert fourth.revision == 4
+    assert await store.current_app_revisions() == {"o/a": fourth}
+    assert await store.set_current_app_revision("o/a", 3) == third  # forward again
+    assert await store.current_app_revisions() == {"o/a": third}
+
+
+async def test_setting_a_missing_revision_current_changes_nothing(store: Store) -> None:
+    _, second = await deploy(store), await deploy(store)
+    assert await store.set_current_app_revision("o/a", 3) is None
+    assert await store.set_current_app_revision("o/a", 0) is None
+    assert await store.set_current_app_revision("o/unknown", 1) is None
+    assert await store.current_app_revisions() == {"o/a": second}
+    assert await store.app_revisions("o/unknown") == []
+    assert (await deploy(store)).revision == 3
+
+
+async def test_a_bundle_comes_back_byte_for_byte(store: Store, open_peer: Peer) -> None:
+    small = b"\x00\x1f\x8b binary \xff\x00"
+    large = random.Random(0).randbytes(5 * 2**20 + 7)
+    await deploy(store, bundle=small)
+    revision = await deploy(store, bundle=large)
+    assert (revision.size, revision.digest) == (len(large), hashlib.sha256(large).hexdigest())
+    peer = await open_peer(store)
+    assert await peer.app_bundle("o/a", 2) == large
+    assert await peer.app_bundle("o/a", 1) == small
+    assert await store.app_bundle("o/a", 3) is None
+    assert await store.app_bundle("o/unknown", 1) is None
+
+
+async def test_current_revisions_are_those_of_every_deployed_app(store: Store) -> None:
+    a1, _ = await deploy(store, "o/a"), await deploy(store, "o/a")
+    b1 = await deploy(store, "o/b")
+    await deploy(store, "other/c")
+    c2 = await deploy(store, "other/c")
+    await store.set_current_app_revision("o/a", 1)
+    assert await store.current_app_revisions() == {"o/a": a1, "o/b": b1, "other/c": c2}
+
+
+async def test_deleting_an_app_removes_it_all_and_a_new_deploy_starts_at_1(
+        store: Store) -> None:
+    for _ in range(2):
+        await deploy(store, "o/a")
+    kept = await deploy(store, "o/b")
+    assert await store.delete_app("o/a")
+    assert await store.app_revisions("o/a") == []
+    assert await store.app_bundle("o/a", 1) is None
+    assert await store.current_app_revisions() == {"o/b": kept}
+    assert await store.set_current_app_revision("o/a", 1) is None
+    assert not await store.delete_app("o/a")
+    assert not await store.delete_app("o/unknown")
+    assert (await deploy(store, "o/a")).revision == 1
+    assert await store.app_revisions("o/b") == [kept]
+
+
+async def test_deploys_of_one_app_at_once_each_get_a_number(store: Store,
+                                                            open_peer: Peer) -> None:
+    peer = await open_peer(store)
+    deploys = await asyncio.gather(*(gateway.add_app_revision("o/a", f"app.py::V{i}", b"x", T0)
+                                     for i, gateway in enumerate((store, peer) * 4)))
+    in_order = sorted(deploys, key=lambda d: d.revision)
+    assert [d.revision for d in in_order] == list(range(1, 9))
+    assert await peer.app_revisions("o/a") == in_order
+    assert await store.current_app_revisions() == {"o/a": in_order[-1]}
+
+
+async def test_deploys_and_a_delete_at_once_leave_no_revision_behind(
+        store: Store, open_peer: Peer) -> None:
+    peer = await open_peer(store)
+    await deploy(store)
+    await asyncio.gather(*(deploy(gateway) for gateway in (store, peer) * 3),
+                         peer.delete_app("o/a"), *(deploy(gateway) for gateway in (store, peer)))
+    # What is left is the deploys made after the delete, numbered from 1, the newest current
+    # (none, had the delete come last): no revision of the app before it.
+    revisions = await store.app_revisions("o/a")
+    assert [r.revision for r in revisions] == list(range(1, len(revisions) + 1))
+    current = (await store.current_app_revisions()).get("o/a")
+    assert current == (revisions[-1] if revisions else None)
+
+
 # Schema and migrations
 
 async def test_the_schema_is_at_the_latest_migration_and_reopens(
@@ -671,10 +781,32 @@ async def test_a_database_of_the_previous_release_upgrades(tmp_path: Path) -> No
         # Its webhook was being delivered: due again at once.
         [hook] = await store.claim_due_webhooks(queued.created_at, 10, 60)
         assert (hook.request_id, hook.attempts, hook.tries) == ("done", 2, 1)
+        assert (await store.add_app_revision("o/a", "app.py::App", b"x", NOW)).revision == 1
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == latest_migration("sqlite")
+
+
+async def test_a_postgresql_database_of_the_schema_before_upgrades(postgres_url: str) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+                           " applied_at timestamptz NOT NULL DEFAULT now())")
+        for number, script in migrations(PG_MIGRATIONS)[:-1]:
+            await conn.execute(script)
+            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", number)
+        await conn.execute("INSERT INTO secrets (name, value) VALUES ('kept', 'x')")
+    finally:
+        await conn.close()
+    store = PostgresStore(postgres_url)
+    await store.open()
+    try:
+        assert await store.schema_version() == latest_migration("postgres")
+        assert await store.get_secret("kept") == b"x"
+        assert (await store.add_app_revision("o/a", "app.py::App", b"x", NOW)).revision == 1
+    finally:
+        await store.close()
 
 
 # Events

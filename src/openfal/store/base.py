@@ -196,6 +196,18 @@ class LogEntry:
                 "timestamp": datetime.fromtimestamp(self.timestamp, UTC).isoformat()}
 
 
+@dataclass(frozen=True)
+class AppRevision:
+    """One deployed revision of an app's code."""
+
+    app_id: str  # "owner/name"
+    revision: int  # 1, 2, ... per app; never reused for that app, even after a rollback
+    ref: str  # how to import it inside the bundle: "relative/path.py::ClassName"
+    digest: str  # hex SHA-256 of the bundle
+    size: int  # bytes of the bundle
+    created_at: float  # Unix seconds
+
+
 # The outcome of an attempt that never began (its worker had no runner for it, or none
 # could be set up): ``requeue`` and ``complete`` forget it, as if no claim had been made.
 UNSTARTED = "unstarted"
@@ -361,6 +373,32 @@ class Store(Protocol):
         ...
     async def list_secrets(self, prefix: str) -> list[tuple[str, bytes]]:
         """Every ``(name, value)`` whose name starts with ``prefix``, by name."""
+        ...
+
+    # Deployed apps (`openfal deploy`): each revision's code is a bundle (a tar.gz) kept here,
+    # so that any gateway or worker can fetch the revision it is asked to run
+    async def add_app_revision(self, app_id: str, ref: str, bundle: bytes,
+                               created_at: float) -> AppRevision:
+        """Store a new revision of the app, numbered one past the highest it has had (1 for
+        an app not deployed), and make it current, atomically: of two deploys at once,
+        each gets its own number and the later one is current."""
+        ...
+    async def app_revisions(self, app_id: str) -> list[AppRevision]:
+        """The app's revisions, oldest first; [] for an app not deployed."""
+        ...
+    async def current_app_revisions(self) -> dict[str, AppRevision]:
+        """Every deployed app's current revision, by app id (polled often: no bundle is
+        read)."""
+        ...
+    async def set_current_app_revision(self, app_id: str,
+                                       revision: int) -> AppRevision | None:
+        """Make an existing revision current (a rollback, or forward again); None, and
+        nothing changed, if the app or that revision does not exist."""
+        ...
+    async def app_bundle(self, app_id: str, revision: int) -> bytes | None: ...
+    async def delete_app(self, app_id: str) -> bool:
+        """Remove the app and every revision of it (a later deploy starts again at 1);
+        False if it was not deployed."""
         ...
 
     # The webhook outbox (rows are added by ``complete``)

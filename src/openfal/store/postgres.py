@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import uuid
@@ -33,6 +34,7 @@ from openfal.errors import ConfigError
 from openfal.ids import new_id
 from openfal.store.base import (
     UNSTARTED,
+    AppRevision,
     Claim,
     HistoryQuery,
     KeyRecord,
@@ -80,6 +82,7 @@ Write = Callable[[asyncpg.Connection], Awaitable[T]]
 
 _WEBHOOK_COLUMNS = ", ".join(f.name for f in fields(WebhookRecord))
 _WEBHOOK_ATTEMPT_COLUMNS = ", ".join(f.name for f in fields(WebhookAttempt))
+_APP_REVISION_COLUMNS = ", ".join(f"r.{f.name}" for f in fields(AppRevision))
 _MIGRATIONS_TABLE = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY,
     applied_at timestamptz NOT NULL DEFAULT now())"""
@@ -238,6 +241,36 @@ _CLAIM_WEBHOOKS = f"""WITH due AS (
     )
     SELECT {", ".join(f"c.{f.name}" for f in fields(WebhookRecord))}
     FROM claimed c JOIN due USING (request_id) ORDER BY due.next_attempt_at NULLS FIRST"""
+
+
+# A new revision of an app, numbered past the highest it has had and made current: deploys
+# of one app at once queue on its deployed_apps row (the insert of it, for a first deploy)
+# and each takes the next number.
+_ADD_APP_REVISION = """WITH numbered AS (
+        INSERT INTO deployed_apps AS d (app_id, current_revision, latest_revision)
+        VALUES ($1, 1, 1)
+        ON CONFLICT (app_id) DO UPDATE SET current_revision = d.latest_revision + 1,
+            latest_revision = d.latest_revision + 1
+        RETURNING latest_revision
+    )
+    INSERT INTO app_revisions (app_id, revision, ref, digest, size, created_at, bundle)
+    SELECT $1, latest_revision, $2, $3, $4, $5, $6 FROM numbered
+    RETURNING revision"""
+
+_CURRENT_APP_REVISIONS = f"""SELECT {_APP_REVISION_COLUMNS}
+    FROM deployed_apps d JOIN app_revisions r
+        ON r.app_id = d.app_id AND r.revision = d.current_revision"""
+
+# An existing revision made current; no row if there is none, or if its app was deleted
+# while this waited for the app's row.
+_SET_CURRENT_APP_REVISION = f"""WITH target AS (
+        SELECT {_APP_REVISION_COLUMNS} FROM app_revisions r
+        WHERE app_id = $1 AND revision = $2
+    ), moved AS (
+        UPDATE deployed_apps d SET current_revision = $2 FROM target
+        WHERE d.app_id = target.app_id RETURNING d.app_id
+    )
+    SELECT target.* FROM target JOIN moved USING (app_id)"""
 
 
 def describe_address(url: str) -> str:
@@ -851,6 +884,44 @@ class PostgresStore:
         rows = await self._db.fetch("SELECT name, value FROM secrets WHERE left(name,"
                                     ' length($1)) = $1 ORDER BY name COLLATE "C"', prefix)
         return [(row["name"], row["value"]) for row in rows]
+
+    # Deployed apps
+    async def add_app_revision(self, app_id: str, ref: str, bundle: bytes,
+                               created_at: float) -> AppRevision:
+        digest = hashlib.sha256(bundle).hexdigest()
+        pool = await self._after_writes()
+        revision = await pool.fetchval(_ADD_APP_REVISION, app_id, ref, digest, len(bundle),
+                                       created_at, bundle)
+        return AppRevision(app_id, revision, ref, digest, len(bundle), created_at)
+
+    async def app_revisions(self, app_id: str) -> list[AppRevision]:
+        rows = await self._db.fetch(f"SELECT {_APP_REVISION_COLUMNS} FROM app_revisions r"
+                                    " WHERE app_id = $1 ORDER BY revision", app_id)
+        return [AppRevision(*row) for row in rows]
+
+    async def current_app_revisions(self) -> dict[str, AppRevision]:
+        rows = await self._db.fetch(_CURRENT_APP_REVISIONS)
+        return {row["app_id"]: AppRevision(*row) for row in rows}
+
+    async def set_current_app_revision(self, app_id: str,
+                                       revision: int) -> AppRevision | None:
+        pool = await self._after_writes()
+        row = await pool.fetchrow(_SET_CURRENT_APP_REVISION, app_id, revision)
+        return AppRevision(*row) if row else None
+
+    async def app_bundle(self, app_id: str, revision: int) -> bytes | None:
+        return await self._db.fetchval("SELECT bundle FROM app_revisions WHERE app_id = $1"
+                                       " AND revision = $2", app_id, revision)
+
+    async def delete_app(self, app_id: str) -> bool:
+        pool = await self._after_writes()
+        async with pool.acquire() as conn, conn.transaction():
+            # The app's row first: a deploy under way commits before this goes on, and the
+            # next statement (a new snapshot) sees the revision it added.
+            deleted = _count(await conn.execute("DELETE FROM deployed_apps WHERE app_id = $1",
+                                                app_id))
+            await conn.execute("DELETE FROM app_revisions WHERE app_id = $1", app_id)
+        return deleted == 1
 
     # Webhook outbox
     async def claim_due_webhooks(self, now: float, limit: int,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from openfal.errors import ConfigError
 from openfal.ids import new_id
 from openfal.store.base import (
     UNSTARTED,
+    AppRevision,
     Claim,
     HistoryQuery,
     KeyRecord,
@@ -64,6 +66,7 @@ Write = Callable[[sqlite3.Connection], None]
 T = TypeVar("T")
 _WEBHOOK_COLUMNS = ", ".join(f.name for f in fields(WebhookRecord))
 _WEBHOOK_ATTEMPT_COLUMNS = ", ".join(f.name for f in fields(WebhookAttempt))
+_APP_REVISION_COLUMNS = ", ".join(f"r.{f.name}" for f in fields(AppRevision))
 _WAITING_SCAN = 64  # waiting rows a claim reads at a time while skipping keys at a limit
 _PURGE_BATCH = 500  # finished requests deleted per transaction
 
@@ -699,6 +702,64 @@ class SQLiteStore:
                                 (prefix,))
             return [(name, value) for name, value in rows]
         return await self._read(read)
+
+    # Deployed apps
+    async def add_app_revision(self, app_id: str, ref: str, bundle: bytes,
+                               created_at: float) -> AppRevision:
+        digest = hashlib.sha256(bundle).hexdigest()
+
+        def write(conn: sqlite3.Connection) -> AppRevision:
+            conn.execute(
+                "INSERT INTO deployed_apps (app_id, current_revision, latest_revision)"
+                " VALUES (?, 1, 1) ON CONFLICT (app_id) DO UPDATE SET"
+                " current_revision=latest_revision+1, latest_revision=latest_revision+1",
+                (app_id,))
+            revision = conn.execute("SELECT latest_revision FROM deployed_apps WHERE app_id=?",
+                                    (app_id,)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO app_revisions (app_id, revision, ref, digest, size, created_at,"
+                " bundle) VALUES (?,?,?,?,?,?,?)",
+                (app_id, revision, ref, digest, len(bundle), created_at, bundle))
+            return AppRevision(app_id, revision, ref, digest, len(bundle), created_at)
+        return await self._write_returning(write)
+
+    async def app_revisions(self, app_id: str) -> list[AppRevision]:
+        def read(conn: sqlite3.Connection) -> list[AppRevision]:
+            rows = conn.execute(f"SELECT {_APP_REVISION_COLUMNS} FROM app_revisions r"
+                                " WHERE app_id=? ORDER BY revision", (app_id,)).fetchall()
+            return [AppRevision(*row) for row in rows]
+        return await self._read(read)
+
+    async def current_app_revisions(self) -> dict[str, AppRevision]:
+        def read(conn: sqlite3.Connection) -> dict[str, AppRevision]:
+            rows = conn.execute(
+                f"SELECT {_APP_REVISION_COLUMNS} FROM deployed_apps d JOIN app_revisions r"
+                " ON r.app_id=d.app_id AND r.revision=d.current_revision").fetchall()
+            return {row["app_id"]: AppRevision(*row) for row in rows}
+        return await self._read(read)
+
+    async def set_current_app_revision(self, app_id: str,
+                                       revision: int) -> AppRevision | None:
+        def write(conn: sqlite3.Connection) -> AppRevision | None:
+            row = conn.execute(f"SELECT {_APP_REVISION_COLUMNS} FROM app_revisions r"
+                               " WHERE app_id=? AND revision=?", (app_id, revision)).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE deployed_apps SET current_revision=? WHERE app_id=?",
+                         (revision, app_id))
+            return AppRevision(*row)
+        return await self._write_returning(write)
+
+    async def app_bundle(self, app_id: str, revision: int) -> bytes | None:
+        return await self._scalar("SELECT bundle FROM app_revisions WHERE app_id=?"
+                                  " AND revision=?", (app_id, revision))
+
+    async def delete_app(self, app_id: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("DELETE FROM app_revisions WHERE app_id=?", (app_id,))
+            return conn.execute("DELETE FROM deployed_apps WHERE app_id=?",
+                                (app_id,)).rowcount == 1
+        return await self._write_returning(write)
 
     # Webhook outbox
     async def claim_due_webhooks(self, now: float, limit: int,
