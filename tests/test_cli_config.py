@@ -67,7 +67,7 @@ def test_missing_class_names_the_apps_the_file_has(tmp_path: Path) -> None:
 
 def test_class_that_is_not_an_app(tmp_path: Path) -> None:
     done = serve("--app", f"{APPS}::WorkInput", data_dir=tmp_path / "data")
-    assert_one_line_error(done, "'WorkInput' is not an openfal.App subclass")
+    assert_one_line_error(done, "'WorkInput' is not an openfal.App (or fal.App) subclass")
 
 
 @pytest.mark.parametrize(("source", "expected"), [

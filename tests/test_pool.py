@@ -24,7 +24,7 @@ class SlotFreedDuringClaim:
         self.limits: list[int] = []
 
     async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
-                    wait: float) -> ClaimReply:
+                    wait: float, revision: int | None = None) -> ClaimReply:
         self.limits.append(limit)
         assert self.runner is not None
         self.runner.in_flight.clear()
@@ -37,7 +37,8 @@ def busy_pool(link: object) -> tuple[AppPool, RunnerHandle]:
     app = SimpleNamespace(
         cls=SimpleNamespace(max_multiplexing=1, min_concurrency=0, max_concurrency=1,
                             keep_alive=10.0),
-        app_id="openfal/slow", ref="unused", endpoint_ids=lambda: ["openfal/slow"])
+        app_id="openfal/slow", ref="unused", revision=None,
+        endpoint_ids=lambda: ["openfal/slow"])
     runner = RunnerHandle("openfal/slow", "unused", max_multiplexing=1)
     runner.ready = True
     runner.in_flight["busy"] = object()  # type: ignore[assignment]
@@ -72,7 +73,7 @@ class WaitsForWork:
         self.cancelled = 0
 
     async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
-                    wait: float) -> ClaimReply:
+                    wait: float, revision: int | None = None) -> ClaimReply:
         self.limits.append(limit)
         try:
             await asyncio.Event().wait()

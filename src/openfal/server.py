@@ -33,6 +33,8 @@ from openfal.store.base import Store
 from openfal.store.sqlite import SQLiteStore
 from openfal.upstream.config import UpstreamSet
 from openfal.webhooks.delivery import DeliveryPolicy, WebhookDelivery
+from openfal.worker.deployments import Deployments
+from openfal.worker.environments import AppEnvironments
 from openfal.worker.worker import DEFAULT_LEASE_SECONDS, Worker
 
 # The apps whose runners run models (or echo) here; a worker serves these by default.
@@ -148,6 +150,11 @@ class Settings:
         return self.models_dir_override or self.data_dir / "models"
 
     @property
+    def environments_dir(self) -> Path:
+        """Where the apps' own Python environments (their ``requirements``) are kept."""
+        return self.data_dir / "environments"
+
+    @property
     def file_gc_interval(self) -> float:
         if self.file_gc_interval_seconds is not None:
             return self.file_gc_interval_seconds
@@ -194,8 +201,13 @@ class Platform:
         self.worker = Worker(
             self.dispatcher, list(self.registry.apps.values()),
             runner_env=self.runner_env(), lease_seconds=settings.lease_seconds,
-            kind="local", secret_box=self.secret_box,
-            gpus=settings.gpus) if settings.runners else None
+            kind="local", secret_box=self.secret_box, gpus=settings.gpus,
+            environments=AppEnvironments(settings.environments_dir)
+        ) if settings.runners else None
+        # Apps deployed while servers run (`openfal deploy`), kept in step with the store.
+        self.deployments = Deployments(self.dispatcher, self.registry, self.worker,
+                                       settings.data_dir / "apps")
+        self._deployments_sync: asyncio.Task[None] | None = None
         self.webhooks = WebhookDelivery(
             self.store, settings.webhook_keys_dir,
             DeliveryPolicy(max_attempts=settings.webhook_max_attempts,
@@ -234,6 +246,8 @@ class Platform:
         await self.dispatcher.start()
         if self.worker is not None:
             self.worker.start()
+        await self.deployments.sync()
+        self._deployments_sync = asyncio.create_task(self.deployments.keep_in_step())
         for service in self.services:
             await service.start()
 
@@ -276,7 +290,7 @@ class Platform:
         if self.worker is not None:
             await self.worker.stop()
         await self.dispatcher.stop()
-        for task in (self._files_gc, self._keys_refresh):
+        for task in (self._files_gc, self._keys_refresh, self._deployments_sync):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

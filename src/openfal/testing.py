@@ -32,8 +32,9 @@ class ServerProcess:
 
     def __init__(self, data_dir: Path, args: list[str], port: int = 0,
                  command: list[str] | None = None, name: str = "openfal",
-                 ready_text: str = LISTENING):
+                 ready_text: str = LISTENING, env: dict[str, str] | None = None):
         self.name = name
+        self.env = env or {}  # on top of this process's environment
         self.ready_text = ready_text
         self.data_dir = data_dir
         self.args = args
@@ -53,7 +54,7 @@ class ServerProcess:
         self.reap_leftovers()
 
     def start(self) -> ServerProcess:
-        env = {**os.environ, TAG_VARIABLE: self.tag}
+        env = {**os.environ, **self.env, TAG_VARIABLE: self.tag}
         command = self.command or [sys.executable, "-m", "openfal", "serve", "--port",
                                    str(self.port), "--data-dir", str(self.data_dir), *self.args]
         self.proc = subprocess.Popen(

@@ -442,6 +442,42 @@ const scenarios = {
     return { echoes, errorsBeforeClose, steps: stepResults, opened };
   },
 
+  /** The apps written with the hosted SDK (tests/test_sdk_apps.py): run, subscribe, stream,
+   * realtime, a Blob input uploaded by the client. */
+  async sdkApps(base) {
+    const opened = installWebSocket(base);
+    const greet = await fal.run("openfal/greeter", { input: { name: "Ada", times: 2 } });
+    const shout = await fal.subscribe("openfal/greeter/shout", { input: { name: "Ada" } });
+    const blank = await settled(fal.run("openfal/greeter", { input: { name: " " } }));
+    const count = await fal.subscribe("openfal/counter", { input: { upto: 2 } });
+    const stream = await fal.stream("openfal/counter", { input: { upto: 3 } });
+    const events = [];
+    for await (const event of stream) events.push(event);
+    const streamDone = await stream.done();
+    const thumbnail = await fal.subscribe("openfal/thumbnailer", {
+      input: { image_url: new Blob([png(24, 12)], { type: "image/png" }), max_side: 8 },
+    });
+    const plural = await fal.run("openfal/pluralizer", { input: { word: "mouse" } });
+    const flux = await fal.subscribe("openfal/flux-schnell", {
+      input: { prompt: "a red fox in the snow", num_inference_steps: 2, seed: 7 },
+    });
+    const realtime = await new Promise((resolve, reject) => {
+      const connection = fal.realtime.connect("openfal/counter", {
+        throttleInterval: 0,
+        onResult: (result) => {
+          connection.close();
+          resolve(result);
+        },
+        onError: reject,
+      });
+      connection.send({ text: "stressed" });
+    });
+    return {
+      greet: greet.data, shout: shout.data, blank, count: count.data, events, streamDone,
+      thumbnail: thumbnail.data, plural: plural.data, flux: flux.data, realtime, opened,
+    };
+  },
+
   /** Validation errors: ValidationError with fieldErrors, from run and from submit. */
   async validation(base) {
     const client = createFalClient(clientConfig(base));

@@ -339,6 +339,47 @@ def ws_connect(args: dict[str, Any]) -> Result:
     return {"answer": describe_frame(sent, received)}
 
 
+# --- apps written with the hosted SDK (tests/test_sdk_apps.py) -----------------------------
+
+
+@scenario
+def sdk_apps(args: dict[str, Any]) -> Result:
+    """The apps of shared/sdk-apps and tests/apps/sdk_own.py, each through the client."""
+    image = sample_image().resize((32, 16))
+    result: Result = {
+        "greet": fal_client.run("openfal/greeter", {"name": "Ada", "times": 2}),
+        "shout": fal_client.run("openfal/greeter", {"name": "Ada"}, path="/shout"),
+        "blank": raised(lambda: fal_client.subscribe("openfal/greeter", {"name": "  "})),
+        "count": fal_client.subscribe("openfal/counter", {"upto": 3}),
+        "stream": list(fal_client.stream("openfal/counter", {"upto": 4})),
+        "thumbnail": fal_client.subscribe("openfal/thumbnailer", {
+            "image_url": fal_client.upload_image(image, format="png"), "max_side": 8}),
+        "thumbnail_inline": fal_client.run("openfal/thumbnailer", {
+            "image_url": fal_client.encode_image(image, format="png")}),
+        "plural": fal_client.subscribe("openfal/pluralizer", {"word": "octopus"}),
+        "plural_error": raised(lambda: fal_client.run("openfal/pluralizer", {"word": "4"})),
+        "count_words": fal_client.run("openfal/pluralizer", {"word": "hey", "times": 3},
+                                      path="/count"),
+        "file": fal_client.run("openfal/pluralizer", {"word": "cat"}, path="/file"),
+        "size": fal_client.run("openfal/pluralizer", {
+            "image": fal_client.upload_image(image, format="png")}, path="/size"),
+    }
+    result["thumbnail_image"] = describe_image(fetch_bytes(result["thumbnail"]["image"]["url"]))
+    with fal_client.realtime("openfal/counter") as connection:
+        connection.send({"text": "stressed"})
+        result["realtime"] = connection.recv()
+    with fal_client.realtime("openfal/pluralizer") as connection:
+        connection.send({"word": "abc"})
+        result["realtime_stream"] = [connection.recv() for _ in range(3)]
+    flux = [fal_client.subscribe("openfal/flux-schnell", {
+        "prompt": "a red fox in the snow", "num_inference_steps": 2, "seed": 7})
+        for _ in range(2)]
+    result["flux"] = flux
+    result["flux_images"] = [sha256(fetch_bytes(output["images"][0]["url"]))
+                             for output in flux]
+    return result
+
+
 # --- the async client ----------------------------------------------------------------------
 
 

@@ -132,6 +132,10 @@ class App:
     machine_type: ClassVar[str | list[str]] = "S"
     num_gpus: ClassVar[int] = 0
     requirements: ClassVar[list[str]] = []
+    # Modules beside the app file and other files (paths relative to it) that `openfal
+    # deploy` uploads with it.
+    local_python_modules: ClassVar[list[str]] = []
+    app_files: ClassVar[list[str]] = []
     # The app secrets (`openfal secrets`) its runners get as environment variables; None:
     # every one, as on the hosted platform.
     secrets: ClassVar[list[str] | None] = None
@@ -145,6 +149,9 @@ class App:
     # stopped for it.
     cancel_grace_period: ClassVar[float] = 5
     app_auth: ClassVar[str] = "private"
+    # Whether the runner fetches an input's files (File fields, *_url strings) before the
+    # endpoint runs (see app/inputs.py); SDK apps fetch what they read themselves.
+    prefetch_inputs: ClassVar[bool] = True
 
     _endpoints: ClassVar[dict[str, EndpointSpec]] = {}
 
@@ -184,6 +191,17 @@ class App:
             raise ValueError(f"{cls.__name__}: min_concurrency must be in [0, max_concurrency]")
         if cls.num_gpus < 0:
             raise ValueError(f"{cls.__name__}: num_gpus must be >= 0")
+        from packaging.requirements import InvalidRequirement, Requirement
+        if isinstance(cls.requirements, str):
+            raise ValueError(f"{cls.__name__}: requirements must be a list of pip specs")
+        for step in cls.requirements:  # pip specs, or install steps: lists of them
+            for requirement in [step] if isinstance(step, str) else step:
+                try:
+                    Requirement(requirement)
+                except InvalidRequirement as exc:
+                    reason = str(exc).splitlines()[0]  # the rest points at the character
+                    raise ValueError(f"{cls.__name__}: invalid requirement {requirement!r}: "
+                                     f"{reason}") from None
         for spec in cls._endpoints.values():
             if spec.batch is not None and spec.batch.max_size > cls.max_multiplexing:
                 raise ValueError(

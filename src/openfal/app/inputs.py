@@ -64,16 +64,24 @@ def _resolve(value: Any, name: str, loc: Loc, scratch: Path) -> Any:
 
 
 def download_input(url: str, loc: Loc, scratch: Path) -> tuple[Path, str | None]:
-    config = media_config()
     dest = scratch / f"input-{len(list(scratch.iterdir()))}"
     try:
-        content_type = _copy_stored(url, dest) or fetch_to_file(
-            url, dest, policy=config.network_policy, max_bytes=config.max_download_bytes,
-            timeout=config.download_timeout)
+        content_type = fetch_file(url, dest)
     except FetchError as exc:
         raise FieldException(loc, f"could not fetch the file: {exc}",
                              type="file_download_error") from None
     return dest, content_type
+
+
+def fetch_file(url: str, dest: Path, max_bytes: int | None = None) -> str | None:
+    """Write the file ``url`` names (this server's own file, a data URI or a URL the
+    runner's network policy permits) to ``dest``; its content type, if known."""
+    config = media_config()
+    limit = config.max_download_bytes if max_bytes is None else min(
+        max_bytes, config.max_download_bytes)
+    return _copy_stored(url, dest) or fetch_to_file(
+        url, dest, policy=config.network_policy, max_bytes=limit,
+        timeout=config.download_timeout)
 
 
 def _copy_stored(url: str, dest: Path) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 from openfal.app.app import App
+from openfal.compat import sdk_imports, uses_sdk
 from openfal.errors import ConfigError
 
 
@@ -27,7 +29,7 @@ def load_app(ref: str) -> type[App]:
         raise AppLoadError(f"{ref}: {target} has no {class_name!r}"
                            f"{_candidates(module)}")
     if not (isinstance(cls, type) and issubclass(cls, App)):
-        raise AppLoadError(f"{ref}: {class_name!r} is not an openfal.App subclass"
+        raise AppLoadError(f"{ref}: {class_name!r} is not an openfal.App (or fal.App) subclass"
                            f"{_candidates(module)}")
     if not cls.endpoints():
         raise AppLoadError(f"{ref}: the app has no @openfal.endpoint methods")
@@ -63,7 +65,8 @@ def _import_file(path: Path) -> ModuleType:
     # Let the app import modules that sit beside it.
     sys.path.insert(0, str(path.parent))
     try:
-        spec.loader.exec_module(module)
+        with sdk_imports() if uses_sdk(path) else contextlib.nullcontext():
+            spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[module_name]
         raise AppLoadError(f"importing {path} failed{_line_in(path, exc)}: "

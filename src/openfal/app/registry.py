@@ -18,6 +18,7 @@ class ServedApp:
     app_id: str  # "owner/name"
     ref: str  # how a runner imports it: "file.py::Class" or "module::Class"
     cls: type[App]
+    revision: int | None = None  # of a deployed app (``openfal deploy``); None: --app
 
     def endpoint_id(self, path: str) -> str:
         return self.app_id if path == "/" else self.app_id + path
@@ -35,24 +36,52 @@ class Registry:
         self.apps: dict[str, ServedApp] = {}  # by ref
         self._endpoints: dict[str, tuple[ServedApp, EndpointSpec]] = {}
 
-    def add(self, ref: str) -> ServedApp:
+    def add(self, ref: str, app_id: str | None = None, revision: int | None = None
+            ) -> ServedApp:
+        """Serve the app ``ref`` names, as ``app_id`` (default: owner/app_name)."""
+        served = self.load(ref, app_id, revision)
+        if taken := self.taken_by(served):
+            raise ConfigError(f"{ref}: endpoint {taken[0]!r} is already served by "
+                              f"{taken[1].ref}; give one of them another app_name")
+        return self.add_loaded(served)
+
+    def load(self, ref: str, app_id: str | None = None, revision: int | None = None
+             ) -> ServedApp:
+        """The app ``ref`` names, not served yet (see :meth:`taken_by`)."""
         cls = load_app(ref)
-        owner = getattr(cls, "app_owner", None) or self.owner
-        app_id = f"{owner}/{cls.app_name}"
+        app_id = app_id or f"{getattr(cls, 'app_owner', None) or self.owner}/{cls.app_name}"
+        owner = app_id.split("/", 1)[0]
         if owner in RESERVED_OWNERS:
             raise ConfigError(f"{ref}: owner {owner!r} is reserved for the platform's routes")
         if ref in self.apps:
             raise ConfigError(f"{ref} is named twice")
-        served = ServedApp(app_id=app_id, ref=ref, cls=cls)
-        for path, spec in cls.endpoints().items():
-            endpoint_id = served.endpoint_id(path)
+        return ServedApp(app_id=app_id, ref=ref, cls=cls, revision=revision)
+
+    def taken_by(self, served: ServedApp) -> tuple[str, ServedApp] | None:
+        """An endpoint of ``served`` that another app serves already, and that app."""
+        for endpoint_id in served.endpoint_ids():
             taken = self._endpoints.get(endpoint_id)
-            if taken is not None:
-                raise ConfigError(f"{ref}: endpoint {endpoint_id!r} is already served by "
-                                  f"{taken[0].ref}; give one of them another app_name")
-            self._endpoints[endpoint_id] = (served, spec)
-        self.apps[ref] = served
+            if taken is not None and taken[0].ref != served.ref:
+                return endpoint_id, taken[0]
+        return None
+
+    def add_loaded(self, served: ServedApp) -> ServedApp:
+        for path, spec in served.cls.endpoints().items():
+            self._endpoints[served.endpoint_id(path)] = (served, spec)
+        self.apps[served.ref] = served
         return served
+
+    def remove(self, ref: str) -> ServedApp | None:
+        """Stop serving the app ``ref`` names (requests it has started go on running)."""
+        served = self.apps.pop(ref, None)
+        if served is not None:
+            for endpoint_id in served.endpoint_ids():
+                if self._endpoints.get(endpoint_id, (None,))[0] is served:
+                    del self._endpoints[endpoint_id]
+        return served
+
+    def by_app_id(self, app_id: str) -> list[ServedApp]:
+        return [served for served in self.apps.values() if served.app_id == app_id]
 
     def resolve(self, endpoint_id: str) -> tuple[ServedApp, EndpointSpec] | None:
         """The app and endpoint an id like ``owner/app[/sub/path]`` names, if served."""

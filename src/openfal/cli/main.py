@@ -9,7 +9,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from openfal.cli import client, keys, models, secrets, webhooks
+from openfal.cli import client, deploy, keys, models, secrets, webhooks
 from openfal.cli import env as env_cli
 from openfal.cli.console import stdout as console
 from openfal.cli.options import (
@@ -31,8 +31,8 @@ from openfal.upstream.placement import is_routed_only
 from openfal.worker.gpus import parse_gpus
 
 HELP = ("openfal: a self-hosted generative-media inference platform.\n\n"
-        "The client commands (run, apps, runners, keys, usage, webhooks, secrets) find the "
-        "server by themselves: --server or OPENFAL_SERVER, else the server running on the "
+        "The client commands (run, apps, deploy, runners, keys, usage, webhooks, secrets) "
+        "find the server by themselves: --server or OPENFAL_SERVER, else the server running on the "
         "data dir (--data-dir or OPENFAL_DATA_DIR, default ~/.openfal), else "
         "http://127.0.0.1:8000. They send the key in OPENFAL_KEY, else the data dir's "
         "admin.key; never FAL_KEY, which is fal-client's (usually a key for the hosted "
@@ -58,6 +58,8 @@ app.add_typer(models.app, name="models")
 app.add_typer(keys.app, name="keys")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(secrets.app, name="secrets")
+app.add_typer(deploy.app, name="apps")
+app.command()(deploy.deploy)
 app.command()(keys.usage)
 
 
@@ -208,6 +210,10 @@ def worker(
         )] = DEFAULT_DATA_DIR,
     models_dir: Annotated[Path | None, typer.Option(
         help="Where model weights live (default: DATA_DIR/models).")] = None,
+    environments_dir: Annotated[Path | None, typer.Option(
+        envvar="OPENFAL_ENVIRONMENTS_DIR", show_default=False,
+        help="Where the Python environments of apps with requirements are built and kept "
+        "(default: DATA_DIR/environments).")] = None,
     files: Annotated[str | None, typer.Option(
         envvar="OPENFAL_FILES", show_default=False,
         help="Where outputs go, if not where the gateway says (its s3:// bucket, or its "
@@ -235,7 +241,8 @@ def worker(
             data_dir=data_dir.expanduser(),
             models_dir=models_dir.expanduser() if models_dir else None, files=files,
             drain_seconds=drain_seconds, upstreams=_upstreams(config),
-            gpus=parse_gpus(gpus))
+            gpus=parse_gpus(gpus),
+            environments_dir=environments_dir.expanduser() if environments_dir else None)
         asyncio.run(run_worker(settings))
     except ConfigError as exc:
         _config_error(exc)
@@ -342,13 +349,6 @@ def run(
 ) -> None:
     raise typer.Exit(client.run_command(Target.find(server, data_dir), endpoint_id,
                                         input_json, args or [], output_dir, as_json))
-
-
-@app.command()
-def apps(server: ServerOption = None, data_dir: DataDirOption = DEFAULT_DATA_DIR,
-         as_json: JsonOption = False) -> None:
-    """List the endpoints the server serves."""
-    raise typer.Exit(client.apps_command(Target.find(server, data_dir), as_json))
 
 
 @app.command()

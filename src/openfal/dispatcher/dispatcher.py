@@ -34,6 +34,7 @@ from openfal.runner.protocol import Log, Partial, Progress, Result, SavedState
 from openfal.secrets import STORE_PREFIX as SECRETS_PREFIX
 from openfal.store.base import (
     UNSTARTED,
+    AppRevision,
     Claim,
     LeaseReport,
     LogEntry,
@@ -65,6 +66,7 @@ WAITING_COUNT_CAP = 4096
 QUIET_JOB_SECONDS = 5.0  # with a shared store, a watched job unchanged this long is re-read
 QUIET_JOBS_PER_TICK = 50  # a worker scales on how much waits, up to this many
 ANY_ENDPOINT = "*"  # a WorkAdded for every endpoint: a key's slot was freed
+STALE_CLAIM_PAUSE_SECONDS = 1.0  # a superseded revision's claim is answered after this
 
 # Runner answers that mean "this runner is unwell, try another": the hosted platform's rule.
 _RETRY_STATUSES = {503, 504}
@@ -369,10 +371,15 @@ class Dispatcher:
     # The work API: what workers call (this gateway's own runners directly, remote
     # workers through gateway/worker_routes.py)
     async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
-                    wait: float) -> ClaimReply:
+                    wait: float, revision: int | None = None) -> ClaimReply:
         # A claim arriving is the worker alive now (one that resumed holding nothing never
         # renews); a claim it parked before it went silent still gets nothing.
         self._silent_workers.pop(worker_id, None)
+        if revision is not None and self._superseded(endpoint_ids, revision):
+            # A pool of a deployed app's old revision, on a worker that has not switched
+            # yet: the app's next requests start on the current revision, elsewhere.
+            await asyncio.sleep(min(wait, STALE_CLAIM_PAUSE_SECONDS))
+            return ClaimReply([], 0)
         claims = await self._claim_now(worker_id, endpoint_ids, limit)
         waiting = await self._waiting_after(endpoint_ids, limit, claims)
         if (not claims and not waiting and wait > 0 and self.accepting
@@ -390,7 +397,16 @@ class Dispatcher:
             claims = handed if handed is not None else await self._claim_now(
                 worker_id, endpoint_ids, limit)
             waiting = await self._waiting_after(endpoint_ids, limit, claims)
+        if revision is not None and self._superseded(endpoint_ids, revision):
+            # The app was redeployed while the claim was made: not on the old code.
+            for claim in claims:
+                self._spawn(self.hand_back(claim.attempt_id, claim.request.id, False))
+            return ClaimReply([], 0)
         return ClaimReply([self._started(claim) for claim in claims], waiting)
+
+    def _superseded(self, endpoint_ids: list[str], revision: int) -> bool:
+        found = self.registry.resolve(endpoint_ids[0]) if endpoint_ids else None
+        return found is None or found[0].revision != revision
 
     def unanswered(self, reply: ClaimReply) -> None:
         """A claim's answer its worker never got (it went away meanwhile): its attempts go
@@ -607,6 +623,12 @@ class Dispatcher:
         if requeued:
             self._back_in_queue(record, record.options)
         return requeued
+
+    async def deployed_apps(self) -> dict[str, AppRevision]:
+        return await self.store.current_app_revisions()
+
+    async def app_bundle(self, app_id: str, revision: int) -> bytes | None:
+        return await self.store.app_bundle(app_id, revision)
 
     async def secrets(self, names: list[str] | None) -> dict[str, bytes]:
         stored = {name.removeprefix(SECRETS_PREFIX): sealed

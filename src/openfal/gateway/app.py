@@ -16,6 +16,7 @@ from starlette.types import Receive, Scope, Send
 
 from openfal.dispatcher.dispatcher import ShuttingDown, shutting_down
 from openfal.gateway import (
+    deployment_routes,
     history_routes,
     key_routes,
     metrics_routes,
@@ -82,6 +83,11 @@ ROUTES = [
     route("/api/keys/{key_id}", key_routes.revoke_key, ["DELETE"], A),
     route("/api/usage", key_routes.usage, ["GET"], A),
     route("/api/webhooks/rotate-key", webhook_routes.rotate_key, ["POST"], A),
+    route("/api/deployments", deployment_routes.deploy, ["POST"], A),
+    route("/api/deployments", deployment_routes.list_deployments, ["GET"], A),
+    route("/api/deployments/{owner}/{name}", deployment_routes.revisions, ["GET"], A),
+    route("/api/deployments/{owner}/{name}", deployment_routes.delete, ["DELETE"], A),
+    route("/api/deployments/{owner}/{name}/rollback", deployment_routes.rollback, ["POST"], A),
     route("/api/secrets", secret_routes.list_secrets, ["GET"], A),
     route("/api/secrets/{name}", secret_routes.set_secret, ["PUT"], A),
     route("/api/secrets/{name}", secret_routes.delete_secret, ["DELETE"], A),

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 async def _direct_job(request: Request, streaming: bool = False) -> tuple[Platform, Job]:
     platform: Platform = request.app.state.platform
     endpoint_id = request.path_params["endpoint_id"]
-    if streaming and platform.registry.resolve(endpoint_id) is None:
-        # ``POST /x/stream`` streams endpoint ``x``, or, where ``x`` is not one, the
-        # endpoint whose own path ends in ``/stream``.
+    if streaming and platform.registry.resolve(endpoint_id + "/stream") is not None:
+        # ``POST /x/stream`` calls the endpoint ``x/stream`` where there is one (an app's
+        # own ``/stream``, as on the hosted platform), else streams endpoint ``x``.
         endpoint_id += "/stream"
     app, spec = callable_endpoint(request, endpoint_id)
     _, options = job_options(request, Mode.DIRECT)

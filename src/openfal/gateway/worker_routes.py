@@ -5,12 +5,15 @@ one call of the dispatcher's work API (worker/link.py describes the calls, and
 docs/ARCHITECTURE.md the protocol and its failure cases):
 
     POST /api/worker/hello      {}  -> how runners are set up (files, public URL, owner, lease)
-    POST /api/worker/claim      {worker_id, endpoint_ids, limit, wait} -> {assignments, waiting}
+    POST /api/worker/claim      {worker_id, endpoint_ids, limit, wait, revision}
+                                -> {assignments, waiting}
     POST /api/worker/renew      {worker_id, attempt_ids, watch, wait}  -> {lost, cancelled}
     POST /api/worker/events     {events: [[attempt_id, message], ...]} -> {}
     POST /api/worker/finish     {attempt_id, result, started}          -> {recorded}
     POST /api/worker/hand-back  {attempt_id, request_id, started}      -> {recorded}
     POST /api/worker/secrets    {names}                                -> {secrets}
+    POST /api/worker/apps       {}                   -> {apps: [current revision, ...]}
+    POST /api/worker/app-bundle {app_id, revision}   -> {bundle}  (None: no such revision)
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ClaimBody(BaseModel):
     endpoint_ids: list[str] = Field(max_length=10_000)
     limit: int = Field(ge=0, le=1024)
     wait: float = Field(ge=0, le=MAX_WAIT)
+    revision: int | None = None
 
 
 class RenewBody(BaseModel):
@@ -73,6 +77,15 @@ class HandBackBody(BaseModel):
 
 class SecretsBody(BaseModel):
     names: list[str] | None = Field(max_length=10_000)
+
+
+class EmptyBody(BaseModel):
+    pass
+
+
+class BundleBody(BaseModel):
+    app_id: str = Field(max_length=400)
+    revision: int
 
 
 async def _body(request: Request, model: type[M]) -> M:
@@ -106,7 +119,7 @@ async def hello(request: Request) -> Response:
 async def claim(request: Request) -> Response:
     body = await _body(request, ClaimBody)
     claiming = asyncio.ensure_future(_platform(request).dispatcher.claim(
-        body.worker_id, body.endpoint_ids, body.limit, body.wait))
+        body.worker_id, body.endpoint_ids, body.limit, body.wait, body.revision))
     if await until_disconnected(request.receive, claiming):
         # The worker is gone (it died while waiting): it must not be handed work. The claim
         # may have been answered all the same (work handed to it as it was cancelled).
@@ -165,8 +178,21 @@ async def secrets(request: Request) -> Response:
     return _answer({"secrets": await _platform(request).dispatcher.secrets(body.names)})
 
 
+async def apps(request: Request) -> Response:
+    await _body(request, EmptyBody)
+    current = await _platform(request).dispatcher.deployed_apps()
+    return _answer({"apps": [asdict(revision) for revision in current.values()]})
+
+
+async def app_bundle(request: Request) -> Response:
+    body = await _body(request, BundleBody)
+    bundle = await _platform(request).dispatcher.app_bundle(body.app_id, body.revision)
+    return _answer({"bundle": bundle})
+
+
 ROUTES: list[tuple[str, Callable[[Request], Awaitable[Response]]]] = [
     ("/api/worker/hello", hello), ("/api/worker/claim", claim),
     ("/api/worker/renew", renew), ("/api/worker/events", events),
     ("/api/worker/finish", finish), ("/api/worker/hand-back", hand_back),
-    ("/api/worker/secrets", secrets)]
+    ("/api/worker/secrets", secrets), ("/api/worker/apps", apps),
+    ("/api/worker/app-bundle", app_bundle)]

@@ -45,6 +45,7 @@ from openfal.app.errors import (
 from openfal.app.inputs import fetch_inputs, may_hold_files
 from openfal.app.loader import load_app
 from openfal.app.media import configure as configure_media
+from openfal.compat import install_sdk, is_sdk_app
 from openfal.runner.batcher import Batcher
 from openfal.runner.environment import media_config_from_environment
 from openfal.runner.protocol import (
@@ -179,6 +180,8 @@ class Runner:
         # starts anyway and forwards what an upstream serves (see run_endpoint).
         self.unavailable: ModelUnavailable | None = None
         self.forwarding: set[str] = set()  # requests of sync endpoints now at an upstream
+        # A routed endpoint's upstream fetches the files itself.
+        self.prefetch = app_cls.prefetch_inputs and not is_routed_only(app_cls)
         batch_lock = asyncio.Lock()
         self.batchers = {
             spec.path: Batcher(spec.batch, functools.partial(self.call, getattr(
@@ -283,8 +286,7 @@ class Runner:
             if spec.input_model is not None:
                 payload = decode_input(spec.input_model, body, ctx.encoding)
                 ctx.sync_mode = getattr(payload, "sync_mode", False) is True
-                # A routed endpoint's upstream fetches the files itself.
-                if may_hold_files(spec.input_model) and not is_routed_only(self.app_cls):
+                if self.prefetch and may_hold_files(spec.input_model):
                     scratch = Path(tempfile.mkdtemp(prefix="openfal-request-"))
                     await self.call(fetch_inputs, payload, scratch)
                 args.append(payload)
@@ -358,7 +360,10 @@ async def _main(app_ref: str, fd: int) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     configure_media(media_config_from_environment())
     outputs = capture_output()
-    runner = Runner(load_app(app_ref), writer, outputs)
+    app_cls = load_app(app_ref)
+    if is_sdk_app(app_cls):
+        install_sdk()  # ``import fal`` in setup() and endpoints too
+    runner = Runner(app_cls, writer, outputs)
     if not await runner.start():
         return 1
     while True:

@@ -19,7 +19,7 @@ import httpx
 import msgpack
 
 from openfal.runner.protocol import Log, Partial, Progress, Result, Run, SavedState, pack, unpack
-from openfal.store.base import Claim, LeaseReport
+from openfal.store.base import AppRevision, Claim, LeaseReport
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,10 @@ class ClaimReply:
 
 class WorkLink(Protocol):
     async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
-                    wait: float) -> ClaimReply:
+                    wait: float, revision: int | None = None) -> ClaimReply:
         """Up to ``limit`` attempts to run now; with none to give, waits up to ``wait``
-        seconds for work to arrive (``limit`` 0: only for the count of waiting work)."""
+        seconds for work to arrive (``limit`` 0: only for the count of waiting work). A
+        deployed app's pool names its ``revision``: a superseded one gets nothing."""
         ...
 
     async def renew(self, worker_id: str, attempt_ids: list[str], watch: list[str],
@@ -90,6 +91,14 @@ class WorkLink(Protocol):
         """Back to the queue: the worker is stopping (``started``: the attempt is recorded
         as interrupted, without using up a retry), or it has no runner left for an attempt
         it just claimed (not ``started``: as if never claimed)."""
+        ...
+
+    async def deployed_apps(self) -> dict[str, AppRevision]:
+        """The current revision of every deployed app (``openfal deploy``), by app id."""
+        ...
+
+    async def app_bundle(self, app_id: str, revision: int) -> bytes | None:
+        """The code of one revision of a deployed app (see app/bundle.py)."""
         ...
 
     async def secrets(self, names: list[str] | None) -> dict[str, bytes]:
@@ -157,9 +166,10 @@ class HttpLink:
         return await self._call("/hello", {}, retries=2)
 
     async def claim(self, worker_id: str, endpoint_ids: list[str], limit: int,
-                    wait: float) -> ClaimReply:
+                    wait: float, revision: int | None = None) -> ClaimReply:
         reply = await self._call("/claim", {"worker_id": worker_id, "endpoint_ids": endpoint_ids,
-                                            "limit": limit, "wait": wait}, timeout=wait + 30)
+                                            "limit": limit, "wait": wait, "revision": revision},
+                                 timeout=wait + 30)
         return ClaimReply([Assignment(**a) for a in reply["assignments"]], reply["waiting"])
 
     async def renew(self, worker_id: str, attempt_ids: list[str], watch: list[str],
@@ -203,6 +213,14 @@ class HttpLink:
     async def secrets(self, names: list[str] | None) -> dict[str, bytes]:
         reply = await self._call("/secrets", {"names": names})
         return reply["secrets"]
+
+    async def deployed_apps(self) -> dict[str, AppRevision]:
+        reply = await self._call("/apps", {})
+        return {app["app_id"]: AppRevision(**app) for app in reply["apps"]}
+
+    async def app_bundle(self, app_id: str, revision: int) -> bytes | None:
+        reply = await self._call("/app-bundle", {"app_id": app_id, "revision": revision})
+        return reply["bundle"]
 
 
 def report_from_wire(item: list[Any]) -> Report:

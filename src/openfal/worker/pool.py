@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import math
 import time
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from openfal.app.registry import ServedApp
 from openfal.secrets import SecretsUnavailable, runner_secrets
+from openfal.worker.environments import EnvironmentBuildFailed, RunnerEnvironment
 from openfal.worker.link import Assignment, ClaimReply
 from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
 
@@ -104,9 +106,10 @@ class AppPool:
         if limit > 0 or wait <= 0:
             # Awaited in this task, not a new one: the claim is waiting on the gateway
             # before anything else runs (a direct run arriving meanwhile would miss it).
-            return await self.worker.link.claim(self.worker.id, self.endpoint_ids, limit, wait)
-        claim = asyncio.ensure_future(self.worker.link.claim(self.worker.id,
-                                                             self.endpoint_ids, limit, wait))
+            return await self.worker.link.claim(self.worker.id, self.endpoint_ids, limit, wait,
+                                                   self.app.revision)
+        claim = asyncio.ensure_future(self.worker.link.claim(
+            self.worker.id, self.endpoint_ids, limit, wait, self.app.revision))
         room = asyncio.ensure_future(self._room.wait())
         try:
             await asyncio.wait({claim, room}, return_when=asyncio.FIRST_COMPLETED)
@@ -213,7 +216,8 @@ class AppPool:
             await runner.end()
             self.worker.gpus.give_back(runner.gpus)
         if failure is not None:
-            await self._setup_failed(failure)
+            if not self.paused:
+                await self._setup_failed(failure)
             return
         # Whatever ended it (short of shutting down), its requests end or are retried.
         self.worker.on_runner_exit(runner)
@@ -225,7 +229,7 @@ class AppPool:
         try:
             # A secret cannot override the worker's own settings (where files go, ...).
             runner.env = {**await self._secrets(), **runner.env}
-            await runner.start(self.config.startup_timeout)
+            await runner.start(self.config.startup_timeout, await self._environment())
         except RunnerSetupFailed as exc:
             return exc
         except Exception as exc:
@@ -240,6 +244,19 @@ class AppPool:
             await runner.serve(self.worker.on_runner_message)
         except Exception:
             log.exception("%s: lost runner %s", self.app.app_id, runner.id)
+
+    async def _environment(self) -> RunnerEnvironment | None:
+        """The app's own Python environment (its ``requirements``), built if it is not yet.
+        One that cannot be built fails the app's waiting requests at once: every runner
+        would fail alike."""
+        if self.worker.environments is None or not self.config.requirements:
+            return None
+        try:
+            return await self.worker.environments.prepare(self.config.requirements)
+        except EnvironmentBuildFailed as exc:
+            detail = f"Could not install the requirements of {self.app.app_id}: {exc}"
+            body = json.dumps({"detail": detail, "error_type": "runner_setup_failed"})
+            raise RunnerSetupFailed(detail, answer=(500, body.encode())) from None
 
     async def _secrets(self) -> dict[str, str]:
         """The app's secrets, read as each runner starts (a secret set later reaches the
@@ -305,6 +322,15 @@ class AppPool:
         """Claim and start nothing more (what a claim under way brings is handed back)."""
         self.paused = True
         self.room_changed()
+
+    async def retire(self) -> None:
+        """After :meth:`pause`: each runner finishes what it runs, then stops."""
+        for runner in list(self.runners.values()):
+            if runner.ready:
+                runner.stop()
+            else:
+                runner.kill()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def shutdown(self) -> None:
         self.paused = True

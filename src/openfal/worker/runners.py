@@ -26,6 +26,7 @@ from openfal.runner.protocol import (
 from openfal.secrets import KEY_VARIABLE  # the worker's key: never a runner's
 
 if TYPE_CHECKING:
+    from openfal.worker.environments import RunnerEnvironment
     from openfal.worker.worker import Attempt
 
 
@@ -86,13 +87,17 @@ class RunnerHandle:
                 "pid": self.pid, "in_flight": sorted(self.in_flight),
                 "started_at": self.started_at, "hints": self.hints, "gpus": self.gpus}
 
-    async def start(self, startup_timeout: float) -> None:
-        """Spawn the process and wait until its ``setup()`` has finished."""
+    async def start(self, startup_timeout: float,
+                    environment: RunnerEnvironment | None = None) -> None:
+        """Spawn the process (in the app's own Python environment, if it has one) and wait
+        until its ``setup()`` has finished."""
         ours, theirs = socket.socketpair()
         inherited = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
-        env = {**inherited, **self.env, "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
+        env = {**inherited, **self.env, **(environment.variables if environment else {}),
+               "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
+        python = environment.python if environment else sys.executable
         self._process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "openfal.runner", "--app", self.app_ref,
+            python, "-m", "openfal.runner", "--app", self.app_ref,
             "--fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
             start_new_session=True, env=env)
         theirs.close()

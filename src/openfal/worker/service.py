@@ -4,7 +4,9 @@ It asks the gateway how runners are to be set up (where files go, the public URL
 owner of endpoint ids, the lease length), starts a :class:`Worker` over an HTTP link, and
 on SIGTERM or SIGINT drains: claims nothing more, lets running requests finish within the
 grace period and hands the rest back to the queue (a second signal stops at once). Its
-runners get the app secrets, opened with ``OPENFAL_SECRETS_KEY`` (the gateway's key).
+runners get the app secrets, opened with ``OPENFAL_SECRETS_KEY`` (the gateway's key). Apps
+with ``requirements`` get Python environments of their own, kept in ``environments_dir``
+(``--environments-dir``, ``OPENFAL_ENVIRONMENTS_DIR``; default ``DATA_DIR/environments``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from openfal.errors import ConfigError
 from openfal.runner.environment import runner_environment
 from openfal.secrets import SecretBox
 from openfal.upstream.config import UpstreamSet
+from openfal.worker.deployments import Deployments
+from openfal.worker.environments import AppEnvironments
 from openfal.worker.link import HttpLink
 from openfal.worker.worker import Worker
 
@@ -37,6 +41,8 @@ class WorkerSettings:
     drain_seconds: float = 30.0
     upstreams: UpstreamSet = field(default_factory=UpstreamSet)
     gpus: list[str] | None = None  # the GPUs runners get, one runner each; None: not managed
+    # Where the apps' own Python environments are kept; None: <data_dir>/environments.
+    environments_dir: Path | None = None
 
 
 def runner_env_for(settings: WorkerSettings, hello: dict) -> dict[str, str]:
@@ -63,15 +69,22 @@ async def run_worker(settings: WorkerSettings) -> None:
     worker = Worker(link, list(registry.apps.values()),
                     runner_env=runner_env_for(settings, hello),
                     lease_seconds=hello["lease_seconds"], secret_box=secret_box,
-                    gpus=settings.gpus)
+                    gpus=settings.gpus, environments=AppEnvironments(
+                        settings.environments_dir or settings.data_dir / "environments"))
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, _on_signal, stopping)
     worker.start()
+    # Apps deployed to the platform (`openfal deploy`) are served here too, each at its
+    # current revision, fetched from the gateway.
+    deployments = Deployments(link, registry, worker, settings.data_dir / "apps")
+    await deployments.sync()
+    syncing = asyncio.create_task(deployments.keep_in_step())
     log.info("worker %s serving %s for %s", worker.id, ", ".join(registry.endpoint_ids()),
              settings.server_url)
     await stopping.wait()
+    syncing.cancel()
     log.info("draining: claiming nothing more; waiting up to %gs for %d running",
              settings.drain_seconds, worker.running())
     handed_back = await worker.drain(settings.drain_seconds)

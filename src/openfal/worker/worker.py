@@ -24,6 +24,7 @@ from typing import Any
 from openfal.app.registry import ServedApp
 from openfal.runner.protocol import Cancel, RequestMessage, Result
 from openfal.secrets import SecretBox
+from openfal.worker.environments import AppEnvironments
 from openfal.worker.gpus import GpuSet
 from openfal.worker.link import Assignment, WorkLink
 from openfal.worker.pool import AppPool
@@ -70,7 +71,8 @@ _FAILURES = {
 class Worker:
     def __init__(self, link: WorkLink, apps: list[ServedApp], *, runner_env: dict[str, str],
                  lease_seconds: float = DEFAULT_LEASE_SECONDS, kind: str = "worker",
-                 secret_box: SecretBox | None = None, gpus: list[str] | None = None):
+                 secret_box: SecretBox | None = None, gpus: list[str] | None = None,
+                 environments: AppEnvironments | None = None):
         # "local:" workers belong to the gateway process that runs them (see Dispatcher).
         self.id = f"{kind}:{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.link = link
@@ -79,6 +81,8 @@ class Worker:
         self.secret_box = secret_box
         self.lease_seconds = lease_seconds
         self.gpus = GpuSet(gpus)  # gpus None: not managed (runners see what this process sees)
+        # Builds the apps' own Python environments; None: every runner runs in this one's.
+        self.environments = environments
         self.pools = {app.ref: AppPool(app, self) for app in apps}
         self.attempts: dict[str, Attempt] = {}  # by attempt id
         self._held_changed = asyncio.Event()
@@ -210,6 +214,26 @@ class Worker:
                     log.warning("request %s: lease lost; stopping it", attempt.request_id)
                 self._stop_attempt(attempt, why if why[1] != "lease_lost"
                                    else (503, "runner_disconnected"))
+
+    # Apps deployed while it runs (worker/deployments.py)
+    def add_app(self, app: ServedApp) -> None:
+        pool = AppPool(app, self)
+        self.pools[app.ref] = pool
+        pool.start()
+
+    def retire_app(self, ref: str, failure: RunnerSetupFailed | None = None) -> None:
+        """Serve the app ``ref`` names no more: it claims nothing more from now on, its
+        running requests finish on their runners, then those stop. With ``failure`` (the
+        app was deleted), its waiting requests end with that answer."""
+        pool = self.pools.pop(ref, None)
+        if pool is not None:
+            pool.pause()
+            self._spawn(self._retire(pool, failure), name="retire")
+
+    async def _retire(self, pool: AppPool, failure: RunnerSetupFailed | None) -> None:
+        if failure is not None:
+            await self.fail_waiting(pool, failure)
+        await pool.retire()
 
     # Setup failures
     async def fail_waiting(self, pool: AppPool, failure: RunnerSetupFailed) -> None:
