@@ -255,3 +255,53 @@ def test_app_files_outside_the_app_folder_are_refused(tmp_path: Path) -> None:
     (tmp_path / "secret.txt").write_text("no")
     with pytest.raises(BundleError, match="outside the app's folder"):
         make_bundle(ref)
+
+
+def test_deployed_apps_survive_a_crash_of_the_gateway(start_server: Callable[..., ServerProcess],
+                                                      tmp_path: Path) -> None:
+    args = ("--no-builtin", "--app", f"{APPS}::Work")
+    server = start_server(*args)
+    ref = write_app(tmp_path / "app", 1)
+    deploy(server, ref)
+    write_app(tmp_path / "app", 2)
+    deploy(server, ref)
+    assert openfal(server, "apps", "rollback", "openfal/hello", "1").returncode == 0
+    server.kill()  # kill -9: nothing is written on the way out
+    again = start_server(*args, data_dir=server.data_dir)
+    with again.client() as client:
+        assert hello(client).json()["revision"] == 1
+
+
+def test_deployment_requests_that_are_wrong_get_clear_errors(server: ServerProcess) -> None:
+    with server.client() as client:
+        assert client.post("/api/deployments/openfal/nothing/rollback",
+                           json={"revision": 1}).status_code == 404
+        assert client.delete("/api/deployments/openfal/nothing").status_code == 404
+        assert client.get("/api/deployments/openfal/nothing").status_code == 404
+        bad_name = client.post("/api/deployments", params={"ref": "app.py::Hello",
+                                                           "name": "Upper/Case"},
+                               content=tarball({"app.py": b""}))
+        assert bad_name.status_code == 422
+        assert bad_name.json()["detail"][0]["loc"] == ["query", "name"]
+        reserved = client.post("/api/deployments", params={"ref": "app.py::Hello",
+                                                           "name": "api/hello"},
+                               content=tarball({"app.py": b""}))
+        assert reserved.status_code == 422
+
+        def too_much():
+            for _ in range(65):
+                yield b"\0" * 2**20
+
+        oversized = client.post("/api/deployments", params={"ref": "app.py::Hello"},
+                                content=too_much())
+        assert oversized.status_code == 413
+
+
+def test_a_rollback_to_a_revision_that_does_not_exist_changes_nothing(
+        server: ServerProcess, tmp_path: Path) -> None:
+    deploy(server, write_app(tmp_path / "app", 1))
+    with server.client() as client:
+        missing = client.post("/api/deployments/openfal/hello/rollback", json={"revision": 7})
+        assert missing.status_code == 422
+        assert missing.json()["detail"][0]["loc"] == ["body", "revision"]
+        assert hello(client).json()["revision"] == 1
