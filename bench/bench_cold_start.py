@@ -1,11 +1,16 @@
 """Cold starts, measured: how long the first request to an app with no runner takes, against
-the next one (its runner warm), for the echo app and a tiny FLUX pipeline.
+the next one (its runner warm), for the echo app and a tiny FLUX pipeline; the first runner
+spawned as a new process, and a later one forked from the runner template.
 
 Each round starts a fresh ``openfal serve`` (no runner is started before a request comes),
-sends one request and then another, and stops the server. The cold start is the first
-request's time less the second's: the runner process starting, importing the app and
-running its ``setup()`` (for FLUX: loading the pipeline). Also shown: how long the runner
-process takes to import openfal's runner module alone, in a fresh interpreter. Usage::
+sends one request and then another; a cold start is the first request's time less the
+second's: the runner process starting, importing the app and running its ``setup()`` (for
+FLUX: loading the pipeline). The apps (bench/apps/cold_start.py) stop their runner after
+half a second idle: once it has stopped and the template (worker/templates.py, started with
+the first runner) is ready, the round measures a second cold start, whose runner is forked
+from the template. The same rounds run with ``OPENFAL_RUNNER_TEMPLATES=0`` (every runner
+spawned) as the baseline. Also shown: how long a fresh interpreter takes to import
+openfal's runner module alone. Usage::
 
     python bench/bench_cold_start.py [--rounds 3]
 """
@@ -27,28 +32,41 @@ from bench_flux import HUB_ID, queued_once
 from openfal.models.tiny import make_tiny
 from openfal.testing import ServerProcess
 
-ECHO_ARGS = ["--no-auth", "--no-builtin", "--app", "openfal.models.echo::Echo"]
-FLUX_ARGS = ["--no-auth", "--no-builtin", "--app", "openfal.models.flux::OpenfalFlux"]
+APPS = Path(__file__).parent / "apps" / "cold_start.py"
+ECHO_ARGS = ["--no-auth", "--no-builtin", "--app", f"{APPS}::ColdEcho"]
+FLUX_ARGS = ["--no-auth", "--no-builtin", "--app", f"{APPS}::ColdFlux"]
 FLUX_BODY = {"prompt": "a red fox", "image_size": {"width": 256, "height": 256},
              "num_inference_steps": 4, "seed": 1}
 
 
 def echo_request(client: httpx.Client) -> float:
     started = time.perf_counter()
-    response = client.post("/openfal/echo", json={"prompt": "hello"})
+    response = client.post("/openfal/cold-echo", json={"prompt": "hello"})
     response.raise_for_status()
     return time.perf_counter() - started
 
 
 def flux_request(client: httpx.Client) -> float:
-    return queued_once(client, FLUX_BODY, "openfal/flux")[0]
+    return queued_once(client, FLUX_BODY, "openfal/cold-flux")[0]
 
 
-def first_and_next(data_dir: Path, args: list[str],
-                   request: Callable[[httpx.Client], float]) -> tuple[float, float]:
-    with (ServerProcess(data_dir, args) as server,
+def runners_stopped_and_template_settled(client: httpx.Client) -> bool:
+    listing = client.get("/api/runners").json()
+    return not listing["runners"] and all(t["state"] != "starting"
+                                          for t in listing["templates"])
+
+
+def cold_starts(data_dir: Path, args: list[str], request: Callable[[httpx.Client], float],
+                templates: bool) -> tuple[float, float]:
+    """The first cold start of a fresh server, and the one after its runner stopped."""
+    env = {"OPENFAL_RUNNER_TEMPLATES": "1" if templates else "0"}
+    with (ServerProcess(data_dir, args, env=env) as server,
           httpx.Client(base_url=server.url, timeout=600) as client):
-        return request(client), request(client)
+        first = request(client) - request(client)
+        while not runners_stopped_and_template_settled(client):
+            time.sleep(0.05)
+        later = request(client) - request(client)
+    return first, later
 
 
 def import_seconds() -> float:
@@ -58,32 +76,42 @@ def import_seconds() -> float:
     return time.perf_counter() - started
 
 
-def report(name: str, rounds: list[tuple[float, float]]) -> None:
-    first = statistics.median(r[0] for r in rounds)
-    warm = statistics.median(r[1] for r in rounds)
-    print(f"  {name:<20} first request {first * 1000:8.0f} ms   next {warm * 1000:7.0f} ms"
-          f"   cold start {(first - warm) * 1000:8.0f} ms")
+def report(name: str, spawned: list[tuple[float, float]],
+           templated: list[tuple[float, float]]) -> None:
+    def ms(rounds: list[tuple[float, float]], which: int) -> float:
+        return statistics.median(r[which] for r in rounds) * 1000
+
+    print(f"  {name}")
+    print(f"    first runner of a fresh server : {ms(templated, 0):7.0f} ms "
+          f"(templates off: {ms(spawned, 0):7.0f} ms)")
+    print(f"    a later runner                 : {ms(templated, 1):7.0f} ms forked from the "
+          f"template, against {ms(spawned, 1):7.0f} ms spawned "
+          f"({ms(spawned, 1) / ms(templated, 1):.1f}x faster)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    echo, flux = [], []
+    results: dict[tuple[str, bool], list[tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory(prefix="openfal-bench-cold-") as tmp:
         root = Path(tmp)
         models = root / "models"
         make_tiny("flux", models / HUB_ID)
         for i in range(args.rounds):
-            echo.append(first_and_next(root / f"echo{i}", ECHO_ARGS, echo_request))
-            data_dir = root / f"flux{i}"
-            data_dir.mkdir()
-            (data_dir / "models").symlink_to(models)
-            flux.append(first_and_next(data_dir, FLUX_ARGS, flux_request))
+            for templates in (False, True):
+                results.setdefault(("echo", templates), []).append(cold_starts(
+                    root / f"echo{i}{templates}", ECHO_ARGS, echo_request, templates))
+                data_dir = root / f"flux{i}{templates}"
+                data_dir.mkdir()
+                (data_dir / "models").symlink_to(models)
+                results.setdefault(("flux", templates), []).append(cold_starts(
+                    data_dir, FLUX_ARGS, flux_request, templates))
     imports = statistics.median(import_seconds() for _ in range(args.rounds))
-    print(f"Cold starts (median of {args.rounds} fresh servers)")
-    report("echo", echo)
-    report("FLUX, tiny weights", flux)
+    print(f"Cold starts: first request less the next (median of {args.rounds} fresh servers "
+          f"each way, alternated)")
+    report("echo (direct run)", results["echo", False], results["echo", True])
+    report("FLUX, tiny weights (queued)", results["flux", False], results["flux", True])
     print(f"  importing openfal.runner.process in a fresh interpreter: {imports * 1000:.0f} ms")
 
 

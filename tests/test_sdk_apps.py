@@ -25,7 +25,7 @@ from openfal.models.tiny import make_tiny
 from test_js_client import scenario
 from test_python_client import CURRENT_ONLY
 
-from conftest import ServerProcess
+from conftest import ServerProcess, wait_for
 
 # The Python client's fixtures, run against this module's own ``tls_server``.
 exports = test_python_client.exports
@@ -139,7 +139,8 @@ def test_usage_records_the_billable_units_an_sdk_app_set(tls_server: ServerProce
         response = admin.post("/openfal/pluralizer", json={"word": "person"})
         assert response.status_code == 200, response.text
         assert response.json()["plural"] == "people"
-        assert pluralizer_units(admin) == before + len("person")
+        # A direct run's outcome is committed just after it is answered.
+        wait_for(lambda: pluralizer_units(admin) == before + len("person"), timeout=10)
 
 
 def pluralizer_units(admin: Any) -> float:

@@ -149,6 +149,9 @@ class App:
     # stopped for it.
     cancel_grace_period: ClassVar[float] = 5
     app_auth: ClassVar[str] = "private"
+    # Modules its runners import that take long to (torch, diffusers, ...): a worker's
+    # runner template imports them once and forks runners from it (worker/templates.py).
+    runtime_modules: ClassVar[tuple[str, ...]] = ()
     # Whether the runner fetches an input's files (File fields, *_url strings) before the
     # endpoint runs (see app/inputs.py); SDK apps fetch what they read themselves.
     prefetch_inputs: ClassVar[bool] = True

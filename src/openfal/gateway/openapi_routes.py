@@ -101,8 +101,17 @@ class Runner(TypedDict):
     gpus: list[str]  # its devices (CUDA_VISIBLE_DEVICES) on a worker run with --gpus
 
 
+class RunnerTemplate(TypedDict):
+    python: str
+    pid: int | None
+    state: Literal["starting", "ready", "unused"]
+    preload: list[str]
+
+
 class RunnerListing(TypedDict):
     runners: list[Runner]
+    templates: list[RunnerTemplate]  # worker/templates.py
+    waiting_direct_by_key: dict[str, int]
 
 
 class Attempt(TypedDict):

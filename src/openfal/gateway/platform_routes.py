@@ -52,9 +52,11 @@ async def openapi(request: Request) -> Response:
 
 async def runners(request: Request) -> Response:
     platform: Platform = request.app.state.platform
-    runners = platform.worker.describe_runners() if platform.worker is not None else []
-    return json_response({"runners": runners, "waiting_direct_by_key":
-                          dict(platform.dispatcher.waiting_direct_by_key)})
+    worker = platform.worker
+    return json_response({
+        "runners": worker.describe_runners() if worker is not None else [],
+        "templates": worker.templates.describe() if worker is not None else [],
+        "waiting_direct_by_key": dict(platform.dispatcher.waiting_direct_by_key)})
 
 
 async def attempts(request: Request) -> Response:

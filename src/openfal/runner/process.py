@@ -28,7 +28,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pydantic_core
 from pydantic import ValidationError
@@ -380,17 +380,23 @@ async def _main(app_ref: str, fd: int) -> int:
             return 0
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="openfal-runner")
-    parser.add_argument("--app", required=True)
-    parser.add_argument("--fd", type=int, required=True)
-    args = parser.parse_args(argv)
+def run_runner(app_ref: str, fd: int) -> NoReturn:
+    """Serve ``app_ref`` on the gateway's socket ``fd`` until told to stop, then exit (a
+    spawned runner's ``main``, and a forked one's: runner/template.py)."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    code = asyncio.run(_main(args.app, args.fd))
+    code = asyncio.run(_main(app_ref, fd))
     sys.stdout.flush()
     os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="openfal-runner")
+    parser.add_argument("--app", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    args = parser.parse_args(argv)
+    run_runner(args.app, args.fd)

@@ -229,7 +229,11 @@ class AppPool:
         try:
             # A secret cannot override the worker's own settings (where files go, ...).
             runner.env = {**await self._secrets(), **runner.env}
-            await runner.start(self.config.startup_timeout, await self._environment())
+            environment = await self._environment()
+            template = self.worker.templates.for_environment(
+                environment.variables if environment else {},
+                environment.python if environment else None, self.worker.runtime_modules())
+            await runner.start(self.config.startup_timeout, environment, template)
         except RunnerSetupFailed as exc:
             return exc
         except Exception as exc:

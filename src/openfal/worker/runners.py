@@ -24,6 +24,7 @@ from openfal.runner.protocol import (
     read_message,
 )
 from openfal.secrets import KEY_VARIABLE  # the worker's key: never a runner's
+from openfal.worker.templates import ForkedProcess, RunnerTemplate
 
 if TYPE_CHECKING:
     from openfal.worker.environments import RunnerEnvironment
@@ -66,7 +67,7 @@ class RunnerHandle:
         self.in_flight: dict[str, Attempt] = {}
         self.started_at = time.time()
         self.idle_timer: asyncio.TimerHandle | None = None
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | ForkedProcess | None = None
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
@@ -88,19 +89,24 @@ class RunnerHandle:
                 "started_at": self.started_at, "hints": self.hints, "gpus": self.gpus}
 
     async def start(self, startup_timeout: float,
-                    environment: RunnerEnvironment | None = None) -> None:
-        """Spawn the process (in the app's own Python environment, if it has one) and wait
-        until its ``setup()`` has finished."""
+                    environment: RunnerEnvironment | None = None,
+                    template: RunnerTemplate | None = None) -> None:
+        """Start the process (in the app's own Python environment, if it has one: forked
+        from ``template`` when it can, else spawned) and wait until its ``setup()`` has
+        finished."""
         ours, theirs = socket.socketpair()
         inherited = {name: value for name, value in os.environ.items() if name != KEY_VARIABLE}
         env = {**inherited, **self.env, **(environment.variables if environment else {}),
                "PYTHONUNBUFFERED": "1", "OPENFAL_RUNNER_ID": self.id}
-        python = environment.python if environment else sys.executable
-        self._process = await asyncio.create_subprocess_exec(
-            python, "-m", "openfal.runner", "--app", self.app_ref,
-            "--fd", str(theirs.fileno()), pass_fds=(theirs.fileno(),),
-            start_new_session=True, env=env)
-        theirs.close()
+        try:
+            self._process = (template and await template.fork(self.app_ref, env,
+                                                              theirs.fileno())
+                             ) or await asyncio.create_subprocess_exec(
+                environment.python if environment else sys.executable, "-m", "openfal.runner",
+                "--app", self.app_ref, "--fd", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), start_new_session=True, env=env)
+        finally:
+            theirs.close()
         self.pid = self._process.pid
         self._reader, self._writer = await asyncio.open_connection(sock=ours)
         try:

@@ -29,6 +29,7 @@ from openfal.worker.gpus import GpuSet
 from openfal.worker.link import Assignment, WorkLink
 from openfal.worker.pool import AppPool
 from openfal.worker.runners import RunnerHandle, RunnerSetupFailed
+from openfal.worker.templates import Templates
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Worker:
         self.gpus = GpuSet(gpus)  # gpus None: not managed (runners see what this process sees)
         # Builds the apps' own Python environments; None: every runner runs in this one's.
         self.environments = environments
+        self.templates = Templates()  # a runner template per Python environment
         self.pools = {app.ref: AppPool(app, self) for app in apps}
         self.attempts: dict[str, Attempt] = {}  # by attempt id
         self._held_changed = asyncio.Event()
@@ -215,6 +217,10 @@ class Worker:
                 self._stop_attempt(attempt, why if why[1] != "lease_lost"
                                    else (503, "runner_disconnected"))
 
+    def runtime_modules(self) -> set[str]:
+        """What its apps' runners import that is worth importing once, in a template."""
+        return {name for pool in self.pools.values() for name in pool.config.runtime_modules}
+
     # Apps deployed while it runs (worker/deployments.py)
     def add_app(self, app: ServedApp) -> None:
         pool = AppPool(app, self)
@@ -286,6 +292,7 @@ class Worker:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(pool.shutdown() for pool in self.pools.values()))
+        await self.templates.close()
 
     def running(self) -> int:
         return len(self.attempts)

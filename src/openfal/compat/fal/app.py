@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pydantic_core
+from packaging.requirements import Requirement
 from pydantic import BaseModel, create_model
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -104,6 +105,7 @@ class App(openfal.App):
         if applied.get("app_auth") == "shared":
             applied["app_auth"] = "private"  # callers use their own keys: any key does here
         applied["app_name"] = name or settings.get("app_name") or app_name_of(cls.__name__)
+        applied["runtime_modules"] = _modules_named(applied.get("requirements", []))
         super().__init_subclass__(**applied)
 
     def __init__(self, *, _allow_init: bool = False) -> None:
@@ -133,6 +135,14 @@ def _declared_settings(cls: type) -> dict[str, Any]:
             settings.update({key: value for key, value in vars(klass).items()
                              if key in _SETTINGS or key == "app_name"})
     return settings
+
+
+def _modules_named(requirements: list[Any]) -> tuple[str, ...]:
+    """The modules an app's requirements would install, guessed by their names (``torch``,
+    ``diffusers``): what its runner template imports before forking its runners."""
+    specs = [spec for step in requirements
+             for spec in ([step] if isinstance(step, str) else step)]
+    return tuple(sorted({Requirement(spec).name.lower().replace("-", "_") for spec in specs}))
 
 
 def _json_object(text: str | None) -> dict[str, str] | None:

@@ -1,0 +1,109 @@
+"""A runner template: imports what runners need once, then forks each new runner.
+
+A cold start is mostly imports: openfal's runner, and for a diffusion app torch, diffusers
+and transformers (seconds). A worker starts one template per Python environment (the
+server's, or an app's own: worker/templates.py). The template imports ``openfal.runner``
+and the modules its apps name in ``runtime_modules``, then waits on its control socket
+(``SOCK_SEQPACKET``: one message a request). Each request holds a new runner's socket (as
+``SCM_RIGHTS``), its app and its environment. The template forks; the child becomes the
+runner, in a session of its own, with exactly that environment. The template answers the
+child's pid. The worker watches the child's exit through a pidfd, so the kernel reaps the
+children (``SIGCHLD`` ignored here).
+
+Forking is only safe from a process with one thread and no CUDA context. The template
+checks both after its imports and refuses to serve otherwise: the worker then starts
+runners as plain processes. It exits when the worker's end of the control socket closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+from typing import Any, NoReturn
+
+log = logging.getLogger(__name__)
+
+MAX_REQUEST_BYTES = 1024 * 1024  # an environment with its secrets
+
+
+def _imported(modules: list[str]) -> None:
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the runner reports it properly when it needs the module
+            log.info("runner template: not importing %s (%s)", name, exc)
+
+
+def _unsafe_to_fork() -> str | None:
+    """Why forking now would give broken runners, if it would."""
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    if threads > 1:
+        return f"the template runs {threads} threads after its imports"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA was initialised by the template's imports"
+    return None
+
+
+def _send(control: socket.socket, message: dict[str, Any]) -> None:
+    control.send(json.dumps(message).encode())
+
+
+def _become_runner(control: socket.socket, fd: int, request: dict[str, Any]) -> NoReturn:
+    """In the forked child: the runner of ``request["app"]`` on socket ``fd``."""
+    from openfal.runner.process import run_runner
+
+    control.close()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # its own children are its to wait for
+    os.setsid()  # a process group of its own, as a spawned runner has: killed as one
+    os.environ.clear()
+    os.environ.update(request["env"])
+    run_runner(request["app"], fd)
+
+
+def serve(control: socket.socket) -> None:
+    while True:
+        message, fds, _, _ = socket.recv_fds(control, MAX_REQUEST_BYTES, 1)
+        if not message:
+            return  # the worker is gone
+        try:
+            request = json.loads(message)
+            [fd] = fds
+        except ValueError:
+            for fd in fds:
+                os.close(fd)
+            _send(control, {"error": "malformed fork request"})
+            continue
+        pid = os.fork()
+        if pid == 0:
+            _become_runner(control, fd, request)
+        os.close(fd)
+        _send(control, {"pid": pid})
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="openfal-runner-template")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--preload", default="", help="Modules to import, comma-separated.")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s")
+    control = socket.socket(fileno=args.fd)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    _imported(["openfal.runner.process", *filter(None, args.preload.split(","))])
+    refusal = _unsafe_to_fork()
+    if refusal is not None:
+        _send(control, {"error": refusal})
+        return
+    _send(control, {"ready": True})
+    serve(control)
+
+
+if __name__ == "__main__":
+    main()

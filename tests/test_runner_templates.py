@@ -1,0 +1,117 @@
+"""Runner templates: after the first runner of an environment, runners are forked from a
+process that has imported what they need, each with its own environment and session."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from openfal.testing import ServerProcess
+
+from conftest import wait_for
+
+APP = '''
+import os
+
+import openfal
+from pydantic import BaseModel
+
+
+class Where(BaseModel):
+    pid: int
+    parent: str
+    session_leader: bool
+    runner_id: str
+    secret: str | None
+
+
+class Probe(openfal.App, app_name="probe", keep_alive=0.2):
+    runtime_modules = ("json",)
+
+    @openfal.endpoint("/")
+    def where(self) -> Where:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as cmdline:
+            parent = cmdline.read().replace(b"\\0", b" ").decode()
+        return Where(pid=os.getpid(), parent=parent, session_leader=os.getsid(0) == os.getpid(),
+                     runner_id=os.environ["OPENFAL_RUNNER_ID"],
+                     secret=os.environ.get("PROBE_SECRET"))
+'''
+
+
+@pytest.fixture
+def probe_app(tmp_path: Path) -> str:
+    path = tmp_path / "probe.py"
+    path.write_text(APP)
+    return f"{path}::Probe"
+
+
+def where(client: httpx.Client) -> dict:
+    response = client.post("/openfal/probe", json={})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def next_runner(client: httpx.Client, server: ServerProcess, previous: dict) -> dict:
+    """A request served by a new runner (the previous one stops when idle: keep_alive),
+    once the template is no longer starting."""
+    def settled() -> bool:
+        listing = client.get("/api/runners").json()
+        return (not any(r["pid"] == previous["pid"] for r in listing["runners"])
+                and all(t["state"] != "starting" for t in listing["templates"]))
+
+    wait_for(settled)
+    return where(client)
+
+
+def test_runners_after_the_first_are_forked_from_the_template(
+        start_server: Callable[..., ServerProcess], probe_app: str) -> None:
+    server = start_server("--no-builtin", "--app", probe_app)
+    with server.client() as client:
+        client.put("/api/secrets/PROBE_SECRET", json={"value": "s3cret"}).raise_for_status()
+        first = where(client)
+        assert "openfal.runner.template" not in first["parent"]  # spawned: none was ready
+        later = [first]
+        for _ in range(2):
+            later.append(next_runner(client, server, later[-1]))
+    for runner in later[1:]:
+        assert "openfal.runner.template" in runner["parent"], runner
+    assert all(runner["session_leader"] for runner in later)
+    assert len({runner["runner_id"] for runner in later}) == 3
+    assert {runner["secret"] for runner in later} == {"s3cret"}  # read as each one started
+
+
+def test_without_templates_every_runner_is_spawned(
+        start_server: Callable[..., ServerProcess], probe_app: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENFAL_RUNNER_TEMPLATES", "0")
+    server = start_server("--no-builtin", "--app", probe_app)
+    with server.client() as client:
+        first = where(client)
+        second = next_runner(client, server, first)
+    assert "openfal.runner.template" not in first["parent"] + second["parent"]
+
+
+def test_a_template_that_dies_leaves_runners_spawned_as_before(
+        start_server: Callable[..., ServerProcess], probe_app: str) -> None:
+    server = start_server("--no-builtin", "--app", probe_app)
+    with server.client() as client:
+        first = where(client)
+        forked = next_runner(client, server, first)
+        template = int(Path(f"/proc/{forked['pid']}/stat").read_text().split()[3])
+        os.kill(template, signal.SIGKILL)
+        after = next_runner(client, server, forked)
+    assert "openfal.runner.template" not in after["parent"]
+
+
+def test_nothing_outlives_the_server(start_server: Callable[..., ServerProcess],
+                                     probe_app: str) -> None:
+    server = start_server("--no-builtin", "--app", probe_app)
+    with server.client() as client:
+        next_runner(client, server, where(client))
+    server.stop()
+    wait_for(lambda: not server.tagged_pids(), timeout=10)
