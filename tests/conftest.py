@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+import tarfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -176,3 +178,13 @@ def postgres_url(postgres_server: services_pg.PostgresServer) -> str:
     """The URL of a new, empty database on the server."""
     return postgres_server.create_database()
 
+
+def tarred(files: dict[str, bytes]) -> bytes:
+    """A gzipped tar of ``files`` (name -> content), names as given (``..`` too)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -8,11 +8,9 @@ code answered. A deploy is done the way a user does it, with the ``openfal`` com
 from __future__ import annotations
 
 import concurrent.futures
-import io
 import json
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +22,7 @@ import pytest
 from openfal.app.bundle import BundleError, make_bundle, unpack
 from openfal.testing import ServerProcess
 
-from conftest import APPS, wait_for
+from conftest import APPS, tarred, wait_for
 
 APP = '''\
 import time
@@ -195,19 +193,19 @@ def test_deploys_that_cannot_be_served_are_refused(server: ServerProcess,
         assert garbage.status_code == 422, garbage.text
         assert garbage.json()["error_type"] == "invalid_app"
         bad_ref = client.post("/api/deployments", params={"ref": "../app.py::Hello"},
-                              content=tarball({"app.py": b""}))
+                              content=tarred({"app.py": b""}))
         assert bad_ref.status_code == 422
         assert bad_ref.json()["detail"][0]["loc"] == ["query", "ref"]
         broken = client.post("/api/deployments", params={"ref": "app.py::Hello"},
-                             content=tarball({"app.py": b"import fal\nraise RuntimeError('no')\n"}))
+                             content=tarred({"app.py": b"import fal\nraise RuntimeError('no')\n"}))
         assert broken.status_code == 422
         assert "RuntimeError: no" in broken.json()["detail"]
         escape = client.post("/api/deployments", params={"ref": "app.py::Hello"},
-                             content=tarball({"../outside.py": b"x = 1\n"}))
+                             content=tarred({"../outside.py": b"x = 1\n"}))
         assert escape.status_code == 422
         assert not (server.data_dir / "outside.py").exists()
         taken = client.post("/api/deployments", params={"ref": "app.py::Work"},
-                            content=tarball({"app.py": (Path(APPS).read_bytes())}))
+                            content=tarred({"app.py": (Path(APPS).read_bytes())}))
         assert taken.status_code == 409, taken.text
         assert taken.json()["error_type"] == "endpoint_taken"
         assert client.get("/api/deployments").json() == {"apps": []}
@@ -225,16 +223,6 @@ def test_only_admin_keys_deploy(start_server: Callable[..., ServerProcess],
                               content=bundle.data)
         assert refused.status_code == 403
         assert client.get("/api/deployments").status_code == 403
-
-
-def tarball(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def test_bundles_hold_what_the_app_ships_and_are_reproducible(tmp_path: Path) -> None:
@@ -280,12 +268,12 @@ def test_deployment_requests_that_are_wrong_get_clear_errors(server: ServerProce
         assert client.get("/api/deployments/openfal/nothing").status_code == 404
         bad_name = client.post("/api/deployments", params={"ref": "app.py::Hello",
                                                            "name": "Upper/Case"},
-                               content=tarball({"app.py": b""}))
+                               content=tarred({"app.py": b""}))
         assert bad_name.status_code == 422
         assert bad_name.json()["detail"][0]["loc"] == ["query", "name"]
         reserved = client.post("/api/deployments", params={"ref": "app.py::Hello",
                                                            "name": "api/hello"},
-                               content=tarball({"app.py": b""}))
+                               content=tarred({"app.py": b""}))
         assert reserved.status_code == 422
 
         def too_much():

@@ -9,7 +9,6 @@ import base64
 import hashlib
 import io
 import json
-import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import ServerProcess
+from conftest import ServerProcess, tarred
 from test_run_and_queue import submit, wait_done
 
 pytest.importorskip("diffusers")
@@ -89,16 +88,6 @@ def zipped(files: dict[str, bytes]) -> bytes:
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, data in files.items():
             archive.writestr(name, data)
-    return buffer.getvalue()
-
-
-def tarred(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
 

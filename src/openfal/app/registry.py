@@ -80,9 +80,6 @@ class Registry:
                     del self._endpoints[endpoint_id]
         return served
 
-    def by_app_id(self, app_id: str) -> list[ServedApp]:
-        return [served for served in self.apps.values() if served.app_id == app_id]
-
     def resolve(self, endpoint_id: str) -> tuple[ServedApp, EndpointSpec] | None:
         """The app and endpoint an id like ``owner/app[/sub/path]`` names, if served."""
         return self._endpoints.get(endpoint_id.strip("/"))

@@ -46,11 +46,6 @@ class Deployments:
         self._failed: dict[str, int] = {}  # app id -> the revision that would not load
         self._lock = asyncio.Lock()
 
-    def revisions(self) -> dict[str, int]:
-        """The revision each deployed app is served at here."""
-        return {app_id: served.revision for app_id, served in self.active.items()
-                if served.revision is not None}
-
     async def sync(self) -> None:
         """Serve what is deployed now; one sync at a time."""
         async with self._lock:
