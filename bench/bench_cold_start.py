@@ -76,29 +76,38 @@ def import_seconds() -> float:
     return time.perf_counter() - started
 
 
-def report(name: str, spawned: list[tuple[float, float]],
-           templated: list[tuple[float, float]]) -> None:
-    def ms(rounds: list[tuple[float, float]], which: int) -> float:
-        return statistics.median(r[which] for r in rounds) * 1000
+Rounds = list[tuple[float, float]]  # (first cold start, later cold start) per fresh server
 
+
+def median_ms(rounds: Rounds, which: int) -> float:
+    return statistics.median(r[which] for r in rounds) * 1000
+
+
+def report(name: str, spawned: Rounds, templated: Rounds) -> None:
     print(f"  {name}")
-    print(f"    first runner of a fresh server : {ms(templated, 0):7.0f} ms "
-          f"(templates off: {ms(spawned, 0):7.0f} ms)")
-    print(f"    a later runner                 : {ms(templated, 1):7.0f} ms forked from the "
-          f"template, against {ms(spawned, 1):7.0f} ms spawned "
-          f"({ms(spawned, 1) / ms(templated, 1):.1f}x faster)")
+    print(f"    first runner of a fresh server : {median_ms(templated, 0):7.0f} ms "
+          f"(templates off: {median_ms(spawned, 0):7.0f} ms)")
+    print(f"    a later runner                 : {median_ms(templated, 1):7.0f} ms forked from "
+          f"the template, against {median_ms(spawned, 1):7.0f} ms spawned "
+          f"({median_ms(spawned, 1) / median_ms(templated, 1):.1f}x faster)")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    results: dict[tuple[str, bool], list[tuple[float, float]]] = {}
+def goal_row(name: str, spawned: Rounds, templated: Rounds) -> list[str]:
+    """Issue 12's cold start goal for one app: [goal, measured, verdict]."""
+    before, after = median_ms(spawned, 1), median_ms(templated, 1)
+    return [f"cold start of a later {name} runner cut (spawned -> forked from the template)",
+            f"{before:.0f} -> {after:.0f} ms ({before / after:.1f}x)",
+            "cut" if after < before else "not cut"]
+
+
+def measure(rounds: int) -> dict[tuple[str, bool], Rounds]:
+    """Cold starts of fresh servers, templates off and on, alternated."""
+    results: dict[tuple[str, bool], Rounds] = {}
     with tempfile.TemporaryDirectory(prefix="openfal-bench-cold-") as tmp:
         root = Path(tmp)
         models = root / "models"
         make_tiny("flux", models / HUB_ID)
-        for i in range(args.rounds):
+        for i in range(rounds):
             for templates in (False, True):
                 results.setdefault(("echo", templates), []).append(cold_starts(
                     root / f"echo{i}{templates}", ECHO_ARGS, echo_request, templates))
@@ -107,12 +116,22 @@ def main() -> None:
                 (data_dir / "models").symlink_to(models)
                 results.setdefault(("flux", templates), []).append(cold_starts(
                     data_dir, FLUX_ARGS, flux_request, templates))
+    return results
+
+
+def main(argv: list[str] | None = None) -> list[list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    results = measure(args.rounds)
     imports = statistics.median(import_seconds() for _ in range(args.rounds))
     print(f"Cold starts: first request less the next (median of {args.rounds} fresh servers "
           f"each way, alternated)")
-    report("echo (direct run)", results["echo", False], results["echo", True])
-    report("FLUX, tiny weights (queued)", results["flux", False], results["flux", True])
+    apps = (("echo", "echo (direct run)"), ("flux", "FLUX, tiny weights (queued)"))
+    for key, name in apps:
+        report(name, results[key, False], results[key, True])
     print(f"  importing openfal.runner.process in a fresh interpreter: {imports * 1000:.0f} ms")
+    return [goal_row(key, results[key, False], results[key, True]) for key, _ in apps]
 
 
 if __name__ == "__main__":

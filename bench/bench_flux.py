@@ -161,7 +161,7 @@ def summary(times: list[float]) -> str:
             f"min {min(times) * 1000:7.1f} ms")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[str]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=30)
     parser.add_argument("--size", type=int, default=256)
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--fp8", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.fp8 and (why := fp8_missing()) is not None:
         print(f"--fp8 left out: {why}")
         args.fp8 = False
@@ -201,6 +201,11 @@ def main() -> None:
           f"{(statistics.median(queued) - statistics.median(direct)) * 1000:.1f} ms, of which "
           f"outside the pipeline call: "
           f"{(statistics.median(queued) - statistics.median(in_runner)) * 1000:.1f} ms")
+    sped_up = (f", {speedups.describe()} "
+               f"{statistics.median(direct) / statistics.median(times['sped_up']):.2f}x"
+               if speedups else "")
+    return [f"FLUX through the queue on {device} ({weights})",
+            f"{ratio:.3f}x the direct pipeline's time{sped_up}", "ran"]
 
 
 if __name__ == "__main__":

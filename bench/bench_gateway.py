@@ -658,7 +658,7 @@ def render_markdown(intro: list[str], sections: list[Section]) -> str:
 
 # Entry point -----------------------------------------------------------------------------
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0,
                         help="seconds measured per point (default 5)")
@@ -676,10 +676,11 @@ def parse_args() -> argparse.Namespace:
                         f"DIR/bin/pip install cog=={COG_VERSION}`")
     parser.add_argument("--no-cog", action="store_true", help="leave Cog out")
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
-def bench_main(args: argparse.Namespace) -> None:
+def bench_main(args: argparse.Namespace) -> Section:
+    """Every point, printed; the goals' section is returned too."""
     bench = Bench(args.duration, args.warmup)
     intro = [*environment(), f"{args.duration:g} s measured per point after {args.warmup:g} s "
              "of warm-up; closed-loop workers, one keep-alive connection each"]
@@ -712,6 +713,7 @@ def bench_main(args: argparse.Namespace) -> None:
     print(render_text(sections), end="")
     if args.markdown is not None:
         args.markdown.write_text(render_markdown(intro, sections))
+    return sections[-1]
 
 
 def main() -> None:

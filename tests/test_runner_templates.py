@@ -16,6 +16,7 @@ from openfal.testing import ServerProcess
 from conftest import wait_for
 
 APP = '''
+import importlib
 import os
 
 import openfal
@@ -28,10 +29,11 @@ class Where(BaseModel):
     session_leader: bool
     runner_id: str
     secret: str | None
+    torch_threads: int | None
 
 
 class Probe(openfal.App, app_name="probe", keep_alive=0.2):
-    runtime_modules = ("json",)
+    runtime_modules = RUNTIME_MODULES
 
     @openfal.endpoint("/")
     def where(self) -> Where:
@@ -39,15 +41,21 @@ class Probe(openfal.App, app_name="probe", keep_alive=0.2):
             parent = cmdline.read().replace(b"\\0", b" ").decode()
         return Where(pid=os.getpid(), parent=parent, session_leader=os.getsid(0) == os.getpid(),
                      runner_id=os.environ["OPENFAL_RUNNER_ID"],
-                     secret=os.environ.get("PROBE_SECRET"))
+                     secret=os.environ.get("PROBE_SECRET"),
+                     torch_threads=importlib.import_module("torch").get_num_threads()
+                     if "torch" in self.runtime_modules else None)
 '''
+
+
+def write_probe(folder: Path, runtime_modules: tuple[str, ...]) -> str:
+    path = folder / "probe.py"
+    path.write_text(APP.replace("RUNTIME_MODULES", repr(runtime_modules)))
+    return f"{path}::Probe"
 
 
 @pytest.fixture
 def probe_app(tmp_path: Path) -> str:
-    path = tmp_path / "probe.py"
-    path.write_text(APP)
-    return f"{path}::Probe"
+    return write_probe(tmp_path, ("json",))
 
 
 def where(client: httpx.Client) -> dict:
@@ -83,6 +91,20 @@ def test_runners_after_the_first_are_forked_from_the_template(
     assert all(runner["session_leader"] for runner in later)
     assert len({runner["runner_id"] for runner in later}) == 3
     assert {runner["secret"] for runner in later} == {"s3cret"}  # read as each one started
+
+
+def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """torch starts OpenMP's threads when imported, which would make forking unsafe: the
+    template imports it single-threaded and each runner gets the threads a spawned one has."""
+    pytest.importorskip("torch")
+    server = start_server("--no-builtin", "--app", write_probe(tmp_path, ("torch",)))
+    with server.client() as client:
+        spawned = where(client)
+        forked = next_runner(client, server, spawned)
+        templates = client.get("/api/runners").json()["templates"]
+    assert "openfal.runner.template" in forked["parent"], templates
+    assert forked["torch_threads"] == spawned["torch_threads"] == len(os.sched_getaffinity(0))
 
 
 def test_without_templates_every_runner_is_spawned(

@@ -10,9 +10,13 @@ runner, in a session of its own, with exactly that environment. The template ans
 child's pid. The worker watches the child's exit through a pidfd, so the kernel reaps the
 children (``SIGCHLD`` ignored here).
 
-Forking is only safe from a process with one thread and no CUDA context. The template
-checks both after its imports and refuses to serve otherwise: the worker then starts
-runners as plain processes. It exits when the worker's end of the control socket closes.
+Forking is only safe from a process with one thread and no CUDA context. Importing torch
+starts OpenMP's thread pool (a thread per core), so the template imports with
+``OMP_NUM_THREADS=1`` and each runner sets torch's thread count after the fork, to its
+environment's ``OMP_NUM_THREADS`` or the cores it may use, as a spawned runner's torch would.
+The template checks both after its imports and refuses to serve otherwise: the worker then
+starts runners as plain processes. It exits when the worker's end of the control socket
+closes.
 """
 
 from __future__ import annotations
@@ -33,11 +37,30 @@ MAX_REQUEST_BYTES = 1024 * 1024  # an environment with its secrets
 
 
 def _imported(modules: list[str]) -> None:
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # the runner reports it properly when it needs the module
-            log.info("runner template: not importing %s (%s)", name, exc)
+    """Import ``modules`` without OpenMP starting its thread pool (torch would)."""
+    inherited = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # the runner reports it properly when it needs it
+                log.info("runner template: not importing %s (%s)", name, exc)
+    finally:
+        if inherited is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = inherited
+
+
+def _restore_torch_threads() -> None:
+    """Give torch, imported single-threaded, the thread count a spawned runner's would have."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    wanted = os.environ.get("OMP_NUM_THREADS", "")
+    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0
+                          else len(os.sched_getaffinity(0)))
 
 
 def _unsafe_to_fork() -> str | None:
@@ -64,6 +87,7 @@ def _become_runner(control: socket.socket, fd: int, request: dict[str, Any]) -> 
     os.setsid()  # a process group of its own, as a spawned runner has: killed as one
     os.environ.clear()
     os.environ.update(request["env"])
+    _restore_torch_threads()
     run_runner(request["app"], fd)
 
 
