@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -107,15 +108,18 @@ def test_progress_is_reported_per_step(flux: httpx.Client) -> None:
     handle = submit(flux, "fal-ai/flux/schnell", {
         "prompt": "progress", "image_size": {"width": 256, "height": 256},
         "num_inference_steps": 6})
-    steps = []
+    steps, events = [], []
     with flux.stream("GET", handle["status_url"] + "/stream") as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
+                events.append(line)
                 status = json.loads(line[6:])
                 if status.get("progress"):
                     steps.append((status["progress"]["step"], status["progress"]["total"]))
     assert steps and steps[-1] == (6, 6)
     assert steps == sorted(steps)
+    # The app's log line (tiny weights' notice), not asked for, sends no repeated event.
+    assert all(event != after for event, after in itertools.pairwise(events))
 
 
 def test_stream_sends_previews_then_the_result(flux: httpx.Client) -> None:

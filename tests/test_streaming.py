@@ -5,6 +5,10 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
+
+from openfal.app import context
+from openfal.runner.protocol import Progress, RequestMessage
 
 from test_run_and_queue import submit
 
@@ -72,3 +76,24 @@ def test_queued_request_status_stream_carries_partials(client: httpx.Client) -> 
     assert partials == sorted(set(partials))
     assert partials[-1] == 4
     assert client.get(handle["response_url"]).json() == {"final": True, "steps": 4}
+
+
+def test_progress_reports_are_spaced_and_the_last_step_always_sent(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(context.time, "monotonic", lambda: clock[0])
+    sent: list[RequestMessage] = []
+    ctx = context.RequestContext("r", "/", {}, sent.append)
+
+    def steps() -> list[tuple[int, int, str | None]]:
+        return [(m.step, m.total, m.message) for m in sent if isinstance(m, Progress)]
+
+    for step in range(1, 11):  # ten steps within one interval
+        ctx.progress(step, 10)
+        clock[0] += context.PROGRESS_INTERVAL_SECONDS / 20
+    assert steps() == [(1, 10, None), (10, 10, None)]
+    sent.clear()
+    ctx.progress(1, 3, "loading")  # a message is always sent
+    clock[0] += context.PROGRESS_INTERVAL_SECONDS * 1.5
+    ctx.progress(2, 3)  # over an interval later: sent
+    assert steps() == [(1, 3, "loading"), (2, 3, None)]

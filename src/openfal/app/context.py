@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -20,6 +21,11 @@ from openfal.files.lifecycle import InvalidLifecycle, requested_lifecycle
 from openfal.runner.protocol import Log, Partial, Progress, RequestMessage, SavedState
 
 Emit = Callable[[RequestMessage], None]
+
+# Progress is sent at most this often (the last step always): a diffusion step can take a
+# few milliseconds, and each report wakes the runner's loop, the server and every status
+# stream, which on a busy machine takes CPU from the steps themselves.
+PROGRESS_INTERVAL_SECONDS = 0.05
 
 
 @dataclass
@@ -42,6 +48,7 @@ class RequestContext:
     # The full endpoint id it was called as ("owner/app/sub/path").
     endpoint_id: str = ""
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _progress_sent_at: float = field(default=float("-inf"), repr=False)
 
     @property
     def is_cancelled(self) -> bool:
@@ -59,6 +66,11 @@ class RequestContext:
 
     def progress(self, step: int, total: int, message: str | None = None) -> None:
         self.raise_if_cancelled()
+        now = time.monotonic()
+        if step < total and message is None and (
+                now - self._progress_sent_at < PROGRESS_INTERVAL_SECONDS):
+            return  # a newer step comes soon, and the last one is always sent
+        self._progress_sent_at = now
         self.emit(Progress(self.request_id, step, total, message))
 
     def partial(self, result: Any) -> None:
@@ -101,6 +113,9 @@ def set_current_request(ctx: RequestContext | None) -> contextvars.Token:
 
 def progress(step: int, total: int, message: str | None = None) -> None:
     """Report that the current request finished ``step`` of ``total`` steps.
+
+    Reports are sent at most every ``PROGRESS_INTERVAL_SECONDS`` (50 ms); the last step, and
+    a report with a ``message``, are always sent.
 
     Also the cooperative cancellation point: raises :class:`RequestCancelled` once the
     request has been cancelled. Outside a request it does nothing.

@@ -158,10 +158,12 @@ async def status_stream(request: Request) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         # Each event carries only the log lines not sent before (the JS client accumulates
-        # them) and the newest partial result when there is a new one.
+        # them) and the newest partial result when there is a new one. A wake that changed
+        # nothing the caller sees (a log line it did not ask for) sends no event.
         nonlocal view
         sent_logs = 0
         sent_partial: bytes | None = None
+        sent_event: bytes | None = None
         while True:
             if view.job is not None and (view.job.status is Status.COMPLETED
                                          or view.job.finished):
@@ -180,7 +182,10 @@ async def status_stream(request: Request) -> Response:
             if partial is not None and partial is not sent_partial:
                 body["partial"] = pydantic_core.from_json(partial)
                 sent_partial = partial
-            yield b"data: " + pydantic_core.to_json(body) + b"\n\n"
+            event = b"data: " + pydantic_core.to_json(body) + b"\n\n"
+            if event != sent_event:
+                yield event
+                sent_event = event
             if changed is None or platform.dispatcher.drained:
                 return  # finished, or the server is stopping (the client reconnects)
             while not changed.is_set():
