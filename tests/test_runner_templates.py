@@ -18,6 +18,7 @@ from conftest import wait_for
 APP = '''
 import importlib
 import os
+import time
 
 import openfal
 from pydantic import BaseModel
@@ -30,10 +31,14 @@ class Where(BaseModel):
     runner_id: str
     secret: str | None
     torch_threads: int | None
+    set_up_at: float  # seconds since boot, as /proc counts a process's start
 
 
 class Probe(openfal.App, app_name="probe", keep_alive=0.2):
     runtime_modules = RUNTIME_MODULES
+
+    def setup(self) -> None:
+        self.set_up_at = time.clock_gettime(time.CLOCK_BOOTTIME)
 
     @openfal.endpoint("/")
     def where(self) -> Where:
@@ -43,7 +48,8 @@ class Probe(openfal.App, app_name="probe", keep_alive=0.2):
                      runner_id=os.environ["OPENFAL_RUNNER_ID"],
                      secret=os.environ.get("PROBE_SECRET"),
                      torch_threads=importlib.import_module("torch").get_num_threads()
-                     if "torch" in self.runtime_modules else None)
+                     if "torch" in self.runtime_modules else None,
+                     set_up_at=self.set_up_at)
 '''
 
 
@@ -91,6 +97,24 @@ def test_runners_after_the_first_are_forked_from_the_template(
     assert all(runner["session_leader"] for runner in later)
     assert len({runner["runner_id"] for runner in later}) == 3
     assert {runner["secret"] for runner in later} == {"s3cret"}  # read as each one started
+
+
+def started_at(pid: int) -> float:
+    """When process ``pid`` started, in seconds since boot."""
+    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def test_the_template_starts_once_the_first_runner_is_set_up(
+        start_server: Callable[..., ServerProcess], probe_app: str) -> None:
+    """Its imports would otherwise compete with the first runner's for the CPU."""
+    server = start_server("--no-builtin", "--app", probe_app)
+    with server.client() as client:
+        first = where(client)
+        forked = next_runner(client, server, first)
+    template = int(Path(f"/proc/{forked['pid']}/stat").read_text().split()[3])
+    tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc's resolution
+    assert started_at(template) >= first["set_up_at"] - tick
 
 
 def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(

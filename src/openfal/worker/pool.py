@@ -230,10 +230,12 @@ class AppPool:
             # A secret cannot override the worker's own settings (where files go, ...).
             runner.env = {**await self._secrets(), **runner.env}
             environment = await self._environment()
-            template = self.worker.templates.for_environment(
-                environment.variables if environment else {},
-                environment.python if environment else None, self.worker.runtime_modules())
-            await runner.start(self.config.startup_timeout, environment, template)
+            variables = environment.variables if environment else {}
+            python = environment.python if environment else None
+            templates = self.worker.templates
+            await runner.start(self.config.startup_timeout, environment,
+                               templates.for_environment(variables, python))
+            templates.prepare(variables, python, self.worker.runtime_modules())
         except RunnerSetupFailed as exc:
             return exc
         except Exception as exc:

@@ -1,10 +1,11 @@
 """A worker's runner templates (runner/template.py): one per Python environment, started
-when the first runner of that environment is, then asked to fork the runners after it.
+once the first runner of that environment is up, then asked to fork the runners after it.
 
-The first runner is spawned as a plain process while the template imports in the
-background, so nothing waits on it. A template that fails, refuses (threads or CUDA after
-its imports) or exits is not used again: runners are spawned as before. A forked runner
-is not this process's child: its exit is watched through a pidfd.
+The first runner is spawned as a plain process; the template imports in the background
+after it, so nothing waits on it and its imports don't slow the first runner's. A template
+that fails, refuses (threads or CUDA after its imports) or exits is not used again:
+runners are spawned as before. A forked runner is not this process's child: its exit is
+watched through a pidfd.
 """
 
 from __future__ import annotations
@@ -157,19 +158,26 @@ class Templates:
         self.enabled = os.environ.get(ENABLED_VARIABLE, "1") != "0"
         self._templates: dict[tuple[str, tuple[tuple[str, str], ...]], RunnerTemplate] = {}
 
-    def for_environment(self, variables: dict[str, str], python: str | None,
-                        preload: Iterable[str]) -> RunnerTemplate | None:
-        """The template of the environment that ``python`` and ``variables`` describe,
-        started now if there is none (it serves forks once ready)."""
-        if not self.enabled:
-            return None
-        key = (python or sys.executable, tuple(sorted(variables.items())))
-        template = self._templates.get(key)
-        if template is None:
+    def for_environment(self, variables: dict[str, str], python: str | None
+                        ) -> RunnerTemplate | None:
+        """The template of the environment that ``python`` and ``variables`` describe, if
+        one was started (it serves forks once ready)."""
+        return self._templates.get(self._key(variables, python))
+
+    def prepare(self, variables: dict[str, str], python: str | None,
+                preload: Iterable[str]) -> None:
+        """Start that environment's template if there is none. Called once a runner of it
+        is up: the template's imports would otherwise compete with that runner's."""
+        key = self._key(variables, python)
+        if self.enabled and key not in self._templates:
             template = RunnerTemplate(key[0], self._environment(variables), preload)
             self._templates[key] = template
             template.start()
-        return template
+
+    @staticmethod
+    def _key(variables: dict[str, str], python: str | None
+             ) -> tuple[str, tuple[tuple[str, str], ...]]:
+        return python or sys.executable, tuple(sorted(variables.items()))
 
     @staticmethod
     def _environment(variables: dict[str, str]) -> dict[str, str]:
