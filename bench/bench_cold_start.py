@@ -47,7 +47,7 @@ def echo_request(client: httpx.Client) -> float:
 
 
 def flux_request(client: httpx.Client) -> float:
-    return queued_once(client, FLUX_BODY, "openfal/cold-flux")[0]
+    return queued_once(client, FLUX_BODY, "openfal/cold-flux").wall
 
 
 def runners_stopped_and_template_settled(client: httpx.Client) -> bool:

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 
@@ -108,21 +108,38 @@ def fp8_missing() -> str | None:
     return None
 
 
-def queued_once(client: httpx.Client, body: dict, endpoint: str = ENDPOINT
-                ) -> tuple[float, float]:
-    """Submit to ``endpoint``, follow the status stream until COMPLETED, fetch the result:
-    the wall time, and the pipeline time the app measured inside the runner."""
+class Queued(NamedTuple):
+    """One queued request's times, in seconds from its submit."""
+
+    wall: float  # to its result fetched
+    inference: float  # the pipeline's time, as the app measured it in the runner
+    submitted: float  # the submit answered
+    started: float  # the first IN_PROGRESS event on the status stream
+    completed: float  # the COMPLETED event
+
+
+def queued_once(client: httpx.Client, body: dict, endpoint: str = ENDPOINT) -> Queued:
+    """Submit to ``endpoint``, follow the status stream until COMPLETED, fetch the result."""
     started = time.perf_counter()
     handle = client.post(f"/queue/{endpoint}", json=body).json()
+    submitted = time.perf_counter() - started
+    in_progress = None
     with client.stream("GET", handle["status_url"] + "/stream") as stream:
         for line in stream.iter_lines():
-            if line.startswith("data: ") and json.loads(line[6:])["status"] == "COMPLETED":
+            if not line.startswith("data: "):
+                continue
+            status = json.loads(line[6:])["status"]
+            if status == "IN_PROGRESS" and in_progress is None:
+                in_progress = time.perf_counter() - started
+            if status == "COMPLETED":
                 break
+    completed = time.perf_counter() - started
     result = client.get(handle["response_url"])
     elapsed = time.perf_counter() - started
     if result.status_code != 200:
         raise RuntimeError(f"request failed: {result.text}")
-    return elapsed, result.json()["timings"]["inference"]
+    return Queued(elapsed, result.json()["timings"]["inference"], submitted,
+                  submitted if in_progress is None else in_progress, completed)
 
 
 def measure(data_dir: Path, model_dir: Path, size: int, steps: int, seeds: list[int],
@@ -149,9 +166,9 @@ def measure(data_dir: Path, model_dir: Path, size: int, steps: int, seeds: list[
             times["direct"].append(direct(seed))
             if sped_up is not None:
                 times["sped_up"].append(sped_up(seed))
-            wall, inference = queued_once(client, body(seed))
-            times["queued"].append(wall)
-            times["in_runner"].append(inference)
+            queued = queued_once(client, body(seed))
+            times["queued"].append(queued.wall)
+            times["in_runner"].append(queued.inference)
     return times
 
 

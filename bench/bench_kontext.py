@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-from bench_flux import WARMUP, queued_once, summary
+from bench_flux import WARMUP, Queued, queued_once, summary
 from PIL import Image
 
 from openfal.models.tiny import make_tiny
@@ -93,7 +93,7 @@ def serve_all_three(client: httpx.Client, image_uri: str, size: int, steps: int)
 
 
 def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
-            seeds: list[int]) -> tuple[list[float], list[float], list[float], int]:
+            seeds: list[int]) -> tuple[list[float], list[Queued], int]:
     """Direct and queued edits, alternated so that both see the same machine; then the
     runner's peak memory once it has served all three endpoints."""
     image = input_image(size)
@@ -104,7 +104,8 @@ def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
         return {"image_url": image_uri, "prompt": PROMPT, "seed": seed,
                 "num_inference_steps": steps}
 
-    direct_times, queued_times, in_runner = [], [], []
+    direct_times: list[float] = []
+    queued: list[Queued] = []
     args = ["--no-auth", "--no-builtin", "--app", "openfal.models.flux_kontext::FluxKontextLora"]
     with (ServerProcess(data_dir, args) as server,
           httpx.Client(base_url=server.url, timeout=300) as client):
@@ -113,12 +114,23 @@ def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
             queued_once(client, body(seed), EDIT)
         for seed in seeds:
             direct_times.append(direct(seed))
-            wall, inference = queued_once(client, body(seed), EDIT)
-            queued_times.append(wall)
-            in_runner.append(inference)
+            queued.append(queued_once(client, body(seed), EDIT))
         serve_all_three(client, image_uri, size, steps)
         peak = runner_peak_memory(client, EDIT)
-    return direct_times, queued_times, in_runner, peak
+    return direct_times, queued, peak
+
+
+def phases(queued: list[Queued]) -> list[tuple[str, float]]:
+    """Where a queued request's time goes (medians, seconds)."""
+    def median(part: Callable[[Queued], float]) -> float:
+        return statistics.median(part(q) for q in queued)
+
+    return [("submit answered", median(lambda q: q.submitted)),
+            ("then running (first IN_PROGRESS event)", median(lambda q: q.started - q.submitted)),
+            ("then the pipeline, as the app timed it", median(lambda q: q.inference)),
+            ("then the rest until COMPLETED (input, PNG, storage, result)",
+             median(lambda q: q.completed - q.started - q.inference)),
+            ("then the result fetched", median(lambda q: q.wall - q.completed))]
 
 
 def main() -> None:
@@ -131,18 +143,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="openfal-bench-kontext-") as tmp:
         data_dir = Path(tmp)
         model_dir = make_tiny("flux-kontext", data_dir / "models" / HUB_ID)
-        direct, queued, in_runner, peak = measure(data_dir, model_dir, args.size, args.steps,
-                                                  seeds)
-    ratio = statistics.median(queued) / statistics.median(direct)
+        direct, queued, peak = measure(data_dir, model_dir, args.size, args.steps, seeds)
+    walls = [q.wall for q in queued]
+    ratio = statistics.median(walls) / statistics.median(direct)
     direct_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"FLUX.1 Kontext edit (tiny random weights) {args.size}x{args.size}, {args.steps} "
           f"steps, {args.requests} requests each, one at a time, alternated")
     print(f"  diffusers pipeline, direct, in process : {summary(direct)}")
-    print(f"  openfal queue, submit to result        : {summary(queued)}")
-    print(f"    of which the pipeline in the runner  : {summary(in_runner)}")
+    print(f"  openfal queue, submit to result        : {summary(walls)}")
+    for name, seconds in phases(queued):
+        print(f"    {name:<60}: median {seconds * 1000:6.1f} ms")
     print(f"  overhead ratio (median openfal / median direct): {ratio:.3f} (goal <= 1.05)")
     print(f"  added per request (median): "
-          f"{(statistics.median(queued) - statistics.median(direct)) * 1000:.1f} ms")
+          f"{(statistics.median(walls) - statistics.median(direct)) * 1000:.1f} ms")
     print(f"  peak memory of the runner serving edit, inpaint and text-to-image: "
           f"{peak / 2**20:.0f} MiB (this benchmark process, pipeline loaded directly: "
           f"{direct_peak / 2**20:.0f} MiB)")
