@@ -82,6 +82,21 @@ def next_runner(client: httpx.Client, server: ServerProcess, previous: dict) -> 
     return where(client)
 
 
+def process_stat(pid: int) -> list[str]:
+    """/proc/PID/stat's fields after the command name: state, ppid, ..."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def template_of(runner: dict) -> int:
+    """The pid of the template that forked ``runner``."""
+    return int(process_stat(runner["pid"])[1])
+
+
+def started_at(pid: int) -> float:
+    """When process ``pid`` started, in seconds since boot."""
+    return int(process_stat(pid)[19]) / os.sysconf("SC_CLK_TCK")
+
+
 def test_runners_after_the_first_are_forked_from_the_template(
         start_server: Callable[..., ServerProcess], probe_app: str) -> None:
     server = start_server("--no-builtin", "--app", probe_app)
@@ -94,27 +109,13 @@ def test_runners_after_the_first_are_forked_from_the_template(
             later.append(next_runner(client, server, later[-1]))
     for runner in later[1:]:
         assert "openfal.runner.template" in runner["parent"], runner
+    # The template started once the first runner was set up: its imports would otherwise
+    # have competed with that runner's for the CPU.
+    tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc's resolution
+    assert started_at(template_of(later[1])) >= first["set_up_at"] - tick
     assert all(runner["session_leader"] for runner in later)
     assert len({runner["runner_id"] for runner in later}) == 3
     assert {runner["secret"] for runner in later} == {"s3cret"}  # read as each one started
-
-
-def started_at(pid: int) -> float:
-    """When process ``pid`` started, in seconds since boot."""
-    ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def test_the_template_starts_once_the_first_runner_is_set_up(
-        start_server: Callable[..., ServerProcess], probe_app: str) -> None:
-    """Its imports would otherwise compete with the first runner's for the CPU."""
-    server = start_server("--no-builtin", "--app", probe_app)
-    with server.client() as client:
-        first = where(client)
-        forked = next_runner(client, server, first)
-    template = int(Path(f"/proc/{forked['pid']}/stat").read_text().split()[3])
-    tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc's resolution
-    assert started_at(template) >= first["set_up_at"] - tick
 
 
 def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(
@@ -148,8 +149,7 @@ def test_a_template_that_dies_leaves_runners_spawned_as_before(
     with server.client() as client:
         first = where(client)
         forked = next_runner(client, server, first)
-        template = int(Path(f"/proc/{forked['pid']}/stat").read_text().split()[3])
-        os.kill(template, signal.SIGKILL)
+        os.kill(template_of(forked), signal.SIGKILL)
         after = next_runner(client, server, forked)
     assert "openfal.runner.template" not in after["parent"]
 
