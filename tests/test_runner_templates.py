@@ -26,6 +26,7 @@ from pydantic import BaseModel
 
 class Where(BaseModel):
     pid: int
+    parent_pid: int
     parent: str
     session_leader: bool
     runner_id: str
@@ -44,7 +45,8 @@ class Probe(openfal.App, app_name="probe", keep_alive=0.2):
     def where(self) -> Where:
         with open(f"/proc/{os.getppid()}/cmdline", "rb") as cmdline:
             parent = cmdline.read().replace(b"\\0", b" ").decode()
-        return Where(pid=os.getpid(), parent=parent, session_leader=os.getsid(0) == os.getpid(),
+        return Where(pid=os.getpid(), parent_pid=os.getppid(), parent=parent,
+                     session_leader=os.getsid(0) == os.getpid(),
                      runner_id=os.environ["OPENFAL_RUNNER_ID"],
                      secret=os.environ.get("PROBE_SECRET"),
                      torch_threads=importlib.import_module("torch").get_num_threads()
@@ -82,19 +84,10 @@ def next_runner(client: httpx.Client, server: ServerProcess, previous: dict) -> 
     return where(client)
 
 
-def process_stat(pid: int) -> list[str]:
-    """/proc/PID/stat's fields after the command name: state, ppid, ..."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def template_of(runner: dict) -> int:
-    """The pid of the template that forked ``runner``."""
-    return int(process_stat(runner["pid"])[1])
-
-
 def started_at(pid: int) -> float:
     """When process ``pid`` started, in seconds since boot."""
-    return int(process_stat(pid)[19]) / os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def test_runners_after_the_first_are_forked_from_the_template(
@@ -107,12 +100,13 @@ def test_runners_after_the_first_are_forked_from_the_template(
         later = [first]
         for _ in range(2):
             later.append(next_runner(client, server, later[-1]))
+        template_started_at = started_at(later[1]["parent_pid"])
     for runner in later[1:]:
         assert "openfal.runner.template" in runner["parent"], runner
     # The template started once the first runner was set up: its imports would otherwise
     # have competed with that runner's for the CPU.
     tick = 1 / os.sysconf("SC_CLK_TCK")  # /proc's resolution
-    assert started_at(template_of(later[1])) >= first["set_up_at"] - tick
+    assert template_started_at >= first["set_up_at"] - tick
     assert all(runner["session_leader"] for runner in later)
     assert len({runner["runner_id"] for runner in later}) == 3
     assert {runner["secret"] for runner in later} == {"s3cret"}  # read as each one started
@@ -149,7 +143,7 @@ def test_a_template_that_dies_leaves_runners_spawned_as_before(
     with server.client() as client:
         first = where(client)
         forked = next_runner(client, server, first)
-        os.kill(template_of(forked), signal.SIGKILL)
+        os.kill(forked["parent_pid"], signal.SIGKILL)
         after = next_runner(client, server, forked)
     assert "openfal.runner.template" not in after["parent"]
 
