@@ -35,6 +35,7 @@ OPEN_WEIGHTS = {
 OTHER_APPS = ["openfal.models.echo::Echo", "openfal.models.flux::Flux",
               "openfal.models.flux_kontext::FluxKontextLora",
               "openfal.models.flux_krea::FluxKreaLora", "openfal.models.hidream::HidreamI1Full",
+              "openfal.models.kandinsky::Kandinsky5",
               "openfal.models.wan_trainer::WanTrainerT2V",
               "openfal.models.wan_trainer::WanTrainerT2V14B",
               "openfal.models.wan_trainer::WanTrainerI2V720P"]

@@ -15,11 +15,13 @@ from openfal.models.tiny import MARKER_FILE, TINY_KINDS, is_tiny_random, make_ti
 
 PIPELINE_CLASSES = {"flux": "FluxPipeline", "sd": "StableDiffusionPipeline", "wan": "WanPipeline",
                     "flux-kontext": "FluxKontextPipeline", "hidream": "HiDreamImagePipeline",
-                    "wan-i2v": "WanImageToVideoPipeline"}
+                    "kandinsky5": "Kandinsky5T2VPipeline", "wan-i2v": "WanImageToVideoPipeline"}
+VIDEO_KINDS = {"kandinsky5", "wan", "wan-i2v"}
 CALL_ARGUMENTS: dict[str, dict[str, Any]] = {
     "flux": {"num_inference_steps": 2, "max_sequence_length": 64},
     "flux-kontext": {"num_inference_steps": 2, "max_sequence_length": 64, "max_area": 64 * 64},
     "hidream": {"num_inference_steps": 2},
+    "kandinsky5": {"num_inference_steps": 2, "num_frames": 9},
     "wan-i2v": {"num_inference_steps": 2, "num_frames": 9, "max_sequence_length": 64,
                 "image": Image.new("RGB", (48, 80), (200, 40, 90))},
     "sd": {"num_inference_steps": 2},
@@ -27,7 +29,7 @@ CALL_ARGUMENTS: dict[str, dict[str, Any]] = {
 }
 # HiDream always generates about a megapixel.
 SIZES = {"flux": (64, 256), "sd": (64,), "wan": (64,), "wan-i2v": (64,), "flux-kontext": (64,),
-         "hidream": (1024,)}
+         "hidream": (1024,), "kandinsky5": (64,)}
 PROMPT = "a photo of a cat sitting on a red chair"
 
 
@@ -62,7 +64,7 @@ def _generate(kind: str, pipeline: Any, *, seed: int, size: int) -> Any:
         output_type="np",
         **CALL_ARGUMENTS[kind],
     )
-    return output.frames if kind.startswith("wan") else output.images
+    return output.frames if kind in VIDEO_KINDS else output.images
 
 
 def _files(folder: Path, pattern: str = "*") -> dict[str, bytes]:
@@ -90,7 +92,7 @@ def test_generates_finite_output_of_the_requested_shape(tiny: Any) -> None:
     import numpy as np
 
     kind, _, pipeline = tiny
-    frames = (1, 9) if kind.startswith("wan") else (1,)
+    frames = (1, 9) if kind in VIDEO_KINDS else (1,)
     for size in SIZES[kind]:
         output = _generate(kind, pipeline, seed=0, size=size)
         assert output.shape == (*frames, size, size, 3)

@@ -61,6 +61,7 @@ LOCAL_APPS = [
     "openfal.models.flux_kontext::FluxKontextLora",
     "openfal.models.flux_krea::FluxKreaLora",
     "openfal.models.hidream::HidreamI1Full",
+    "openfal.models.kandinsky::Kandinsky5",
     "openfal.models.wan::WanT2V",
     "openfal.models.wan::WanT2V14B",
     "openfal.models.wan::WanI2V",

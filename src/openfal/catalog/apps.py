@@ -27,9 +27,9 @@ MAX_MULTIPLEXING = 64
 MAX_CONCURRENCY = 4
 KEEP_ALIVE = 300.0
 TRAINING_TIMEOUT = 6 * 3600.0
-# Served by local apps (openfal.models.flux_kontext, flux_krea, hidream, wan_trainer), not
-# forwarded: the open-weight endpoints, but for those without a local app yet.
-LOCAL_IDS = OPEN_WEIGHTS - {"fal-ai/kandinsky5/text-to-video"}
+# Served by local apps (openfal.models.flux_kontext, flux_krea, hidream, kandinsky,
+# wan_trainer), not forwarded: every open-weight endpoint.
+LOCAL_IDS = OPEN_WEIGHTS
 
 
 def _pascal(text: str) -> str:

@@ -16,7 +16,7 @@ from openfal.cli.console import stdout as console
 from openfal.cli.console import table
 from openfal.cli.options import DEFAULT_DATA_DIR, DataDirOption, JsonOption, ServerOption
 from openfal.cli.target import Target
-from openfal.models import flux, flux_kontext, flux_krea, hidream, wan, weights
+from openfal.models import flux, flux_kontext, flux_krea, hidream, kandinsky, wan, weights
 from openfal.models.tiny import TINY_KINDS, is_tiny_random, make_tiny
 
 app = typer.Typer(help="Served models and where they run; tiny random test models.",
@@ -31,6 +31,7 @@ APP_WEIGHTS: dict[str, str] = {
     "fal-ai/flux-kontext-lora/text-to-image": flux_kontext.KONTEXT,
     "fal-ai/flux-krea-lora/stream": flux_krea.KREA,
     "fal-ai/hidream-i1-full": hidream.HIDREAM,
+    "fal-ai/kandinsky5/text-to-video": kandinsky.KANDINSKY5_5S,
     "openfal/wan/t2v": wan.T2V_1_3B,
     "openfal/wan/t2v-14b": wan.T2V_14B,
     "openfal/wan/i2v": wan.I2V_14B_720P,

@@ -22,7 +22,8 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-TINY_KINDS: tuple[str, ...] = ("flux", "flux-kontext", "hidream", "sd", "wan", "wan-i2v")
+TINY_KINDS: tuple[str, ...] = ("flux", "flux-kontext", "hidream", "kandinsky5", "sd", "wan",
+                                "wan-i2v")
 MARKER_FILE = "OPENFAL_TINY_RANDOM_WEIGHTS.txt"
 
 TOKENIZER_SENTENCES: tuple[str, ...] = (
@@ -48,6 +49,12 @@ LLAMA_WORD_PATTERN = re.compile(
 LLAMA_SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>")
 LLAMA_MAX_MERGES = 200
 LLAMA_MAX_LENGTH = 128
+
+# Qwen2's byte-level BPE: the end of text (also the padding) and the chat turns' markers.
+QWEN_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+QWEN_MAX_MERGES = 1000
+# Kandinsky 5 feeds Qwen up to 128 tokens of its prompt template and 512 of the prompt.
+QWEN_MAX_LENGTH = 1024
 
 T5_SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # ids 0, 1 and 2, as T5 expects
 T5_WORD_BOUNDARY = "\u2581"
@@ -211,6 +218,52 @@ WAN_I2V_TRANSFORMER_CONFIG: dict[str, Any] = {
     "image_dim": None,
 }
 
+# Kandinsky 5.0 T2V geometry: HunyuanVideo's causal 3D VAE (8x in space, 4x in time, 16 channels),
+# a transformer on 1x2x2 patches fed by Qwen2.5-VL's last hidden states and CLIP's pooled output.
+QWEN2_5_VL_CONFIG: dict[str, Any] = {
+    "text_config": {
+        "vocab_size": 1000,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        # Multimodal RoPE over (time, height, width): half the head dimension, split.
+        "rope_scaling": {"type": "mrope", "mrope_section": [1, 1, 2]},
+    },
+    "vision_config": {
+        "depth": 1,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_heads": 4,
+        "out_hidden_size": 32,
+        "fullatt_block_indexes": [0],
+    },
+}
+# One channel a block and no mid-block attention (which attends over every latent pixel of
+# several frames at once): decoding 121 frames is most of a tiny request's time on a CPU.
+KANDINSKY5_VAE_CONFIG: dict[str, Any] = {
+    "latent_channels": 16,
+    "block_out_channels": [1, 1, 1, 1],
+    "layers_per_block": 0,
+    "norm_num_groups": 1,
+    "mid_block_add_attention": False,
+}
+KANDINSKY5_TRANSFORMER_CONFIG: dict[str, Any] = {
+    "in_visual_dim": KANDINSKY5_VAE_CONFIG["latent_channels"],
+    "out_visual_dim": KANDINSKY5_VAE_CONFIG["latent_channels"],
+    "in_text_dim": QWEN2_5_VL_CONFIG["text_config"]["hidden_size"],
+    "in_text_dim2": CLIP_TEXT_CONFIG["hidden_size"],
+    "time_dim": 32,
+    "patch_size": [1, 2, 2],
+    "model_dim": 8,
+    "ff_dim": 16,
+    "num_text_blocks": 1,
+    "num_visual_blocks": 1,
+    "axes_dims": [2, 2, 4],  # their sum is the head dimension: one head
+}
+KANDINSKY5_SCHEDULER_CONFIG: dict[str, Any] = {"shift": 5.0}
+
 
 def make_tiny(kind: str, out_dir: Path, seed: int = 0) -> Path:
     """Build a tiny random pipeline of ``kind`` (one of ``TINY_KINDS``) and save it in ``out_dir``.
@@ -309,11 +362,32 @@ def _wan_pipeline(pipeline_class: str = "WanPipeline",
     )
 
 
+def _kandinsky5_pipeline() -> Any:
+    from diffusers import Kandinsky5T2VPipeline
+
+    clip_tokenizer = _clip_tokenizer()
+    pipeline = Kandinsky5T2VPipeline(
+        transformer=_kandinsky5_transformer(),
+        vae=_hunyuan_video_vae(),
+        text_encoder=None,
+        tokenizer=None,
+        text_encoder_2=_clip_text_encoder(clip_tokenizer),
+        tokenizer_2=clip_tokenizer,
+        scheduler=_flow_match_scheduler(KANDINSKY5_SCHEDULER_CONFIG),
+    )
+    # The pipeline keeps the embeddings from the 128th token of its prompt template on: the
+    # tokenizer learns the template's words, so that the template is about that long.
+    tokenizer = _qwen2_tokenizer(pipeline.prompt_template)
+    pipeline.register_modules(tokenizer=tokenizer, text_encoder=_qwen2_5_vl(tokenizer))
+    return pipeline
+
+
 _BUILDERS: dict[str, Callable[[], Any]] = {
     "flux": _flux_pipeline,
     "flux-kontext": partial(_flux_pipeline, "FluxKontextPipeline",
                             FLUX_KONTEXT_TRANSFORMER_CONFIG),
     "hidream": _hidream_pipeline,
+    "kandinsky5": _kandinsky5_pipeline,
     "sd": _sd_pipeline,
     "wan": _wan_pipeline,
     "wan-i2v": partial(_wan_pipeline, "WanImageToVideoPipeline", WAN_I2V_TRANSFORMER_CONFIG,
@@ -347,6 +421,16 @@ def _llama() -> Any:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     return LlamaForCausalLM(LlamaConfig(**LLAMA_CONFIG))
+
+
+def _qwen2_5_vl(tokenizer: Any) -> Any:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    token_ids = {"bos_token_id": tokenizer.convert_tokens_to_ids(QWEN_SPECIAL_TOKENS[0]),
+                 "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    text_config = {**QWEN2_5_VL_CONFIG["text_config"], **token_ids}
+    return Qwen2_5_VLForConditionalGeneration(
+        Qwen2_5_VLConfig(**{**QWEN2_5_VL_CONFIG, "text_config": text_config}))
 
 
 def _umt5_encoder() -> Any:
@@ -389,6 +473,18 @@ def _wan_transformer(config: dict[str, Any] = WAN_TRANSFORMER_CONFIG) -> Any:
     from diffusers import WanTransformer3DModel
 
     return WanTransformer3DModel(**config)
+
+
+def _hunyuan_video_vae() -> Any:
+    from diffusers import AutoencoderKLHunyuanVideo
+
+    return AutoencoderKLHunyuanVideo(**KANDINSKY5_VAE_CONFIG)
+
+
+def _kandinsky5_transformer() -> Any:
+    from diffusers import Kandinsky5Transformer3DModel
+
+    return Kandinsky5Transformer3DModel(**KANDINSKY5_TRANSFORMER_CONFIG)
 
 
 def _flow_match_scheduler(config: dict[str, Any]) -> Any:
@@ -441,6 +537,26 @@ def _llama_tokenizer() -> Any:
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, bos_token=bos, eos_token=LLAMA_SPECIAL_TOKENS[1],
         model_max_length=LLAMA_MAX_LENGTH)
+
+
+def _qwen2_tokenizer(template: str) -> Any:
+    """A Qwen2 tokenizer (byte-level BPE behind Qwen2's pre-tokenizer; its end of text pads, as
+    Qwen's does) whose merges are learnt from the training sentences and ``template`` counted
+    twice, so that each word of the template is one token, as in Qwen's vocabulary. Every byte
+    is in the vocabulary, so nothing maps to unk."""
+    from transformers import Qwen2Tokenizer
+
+    endoftext, im_start, im_end = QWEN_SPECIAL_TOKENS
+    for special in QWEN_SPECIAL_TOKENS:
+        template = template.replace(special, "\n")
+    words = _llama_words((*TOKENIZER_SENTENCES, template, template))
+    merges = _train_bpe_merges(words, QWEN_MAX_MERGES)
+    vocab = [*_bytes_to_unicode().values(), *(left + right for left, right in merges),
+             *QWEN_SPECIAL_TOKENS]
+    return Qwen2Tokenizer(
+        vocab={token: index for index, token in enumerate(dict.fromkeys(vocab))},
+        merges=merges, eos_token=im_end, pad_token=endoftext,
+        additional_special_tokens=[im_start, im_end], model_max_length=QWEN_MAX_LENGTH)
 
 
 def _t5_tokenizer() -> Any:
