@@ -211,6 +211,41 @@ def test_deploys_that_cannot_be_served_are_refused(server: ServerProcess,
         assert client.get("/api/deployments").json() == {"apps": []}
 
 
+SLOW_IMPORT = '''\
+import time
+from pathlib import Path
+
+import openfal
+
+MARKERS = Path(MARKER_DIR)
+(MARKERS / "importing").touch()
+deadline = time.monotonic() + 30
+while not (MARKERS / "go").exists():  # an import that takes long (torch at the top, ...)
+    if time.monotonic() > deadline:
+        raise RuntimeError("nobody said go: the gateway was stuck while this imported")
+    time.sleep(0.01)
+
+
+class Slow(openfal.App, app_name="slow"):
+    @openfal.endpoint("/")
+    def run(self) -> dict:
+        return {}
+'''
+
+
+def test_a_deploy_whose_import_takes_long_leaves_the_gateway_answering(
+        server: ServerProcess, tmp_path: Path) -> None:
+    source = SLOW_IMPORT.replace("MARKER_DIR", repr(str(tmp_path)))
+    with server.client(timeout=120) as client, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        deploying = pool.submit(client.post, "/api/deployments", params={"ref": "app.py::Slow"},
+                                content=tarred({"app.py": source.encode()}))
+        wait_for(lambda: (tmp_path / "importing").exists(), what="the app's import to start")
+        with server.client(timeout=10) as other:
+            assert other.get("/health").status_code == 200  # answered mid-import
+        (tmp_path / "go").touch()
+        assert deploying.result().status_code == 201, deploying.result().text
+
+
 def test_only_admin_keys_deploy(start_server: Callable[..., ServerProcess],
                                 tmp_path: Path) -> None:
     server = start_server("--no-builtin", "--app", f"{APPS}::Work", auth=True)

@@ -80,7 +80,7 @@ async def _checked_app(platform: Platform, bundle: bytes, ref: str, name: str | 
     folder = Path(tempfile.mkdtemp(dir=staging)) / "app"
     try:
         unpack(bundle, folder)
-        served = platform.deployments.load(folder, ref, name)
+        served = await platform.deployments.load(folder, ref, name)
     except (BundleError, ConfigError) as exc:
         raise HTTPError(422, str(exc), "invalid_app") from None
     finally:

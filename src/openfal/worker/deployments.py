@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,6 +46,7 @@ class Deployments:
         self.active: dict[str, ServedApp] = {}  # by app id
         self._failed: dict[str, int] = {}  # app id -> the revision that would not load
         self._lock = asyncio.Lock()
+        self._loading = threading.Lock()
 
     async def sync(self) -> None:
         """Serve what is deployed now; one sync at a time."""
@@ -71,7 +73,8 @@ class Deployments:
     async def _switch(self, revision: AppRevision) -> None:
         try:
             folder = await self._unpacked(revision)
-            served = self.load(folder, revision.ref, revision.app_id, revision.revision)
+            served = await self.load(folder, revision.ref, revision.app_id,
+                                     revision.revision)
             if (taken := self.registry.taken_by(served)) and taken[1].app_id != served.app_id:
                 raise ConfigError(f"endpoint {taken[0]!r} is already served by {taken[1].ref}")
         except (BundleError, ConfigError) as exc:
@@ -92,12 +95,19 @@ class Deployments:
         log.info("%s: serving revision %d (%s)", served.app_id, revision.revision,
                  ", ".join(served.endpoint_ids()))
 
-    def load(self, folder: Path, ref: str, app_id: str | None = None,
-             revision: int | None = None) -> ServedApp:
-        """The app of the bundle unpacked in ``folder`` (``ref`` names it inside)."""
+    async def load(self, folder: Path, ref: str, app_id: str | None = None,
+                   revision: int | None = None) -> ServedApp:
+        """The app of the bundle unpacked in ``folder`` (``ref`` names it inside). Imported
+        in a thread, one app at a time: an app's module may take seconds to import (torch at
+        its top), which on the event loop would stall every request meanwhile."""
+        return await asyncio.to_thread(self._load, folder, ref, app_id, revision)
+
+    def _load(self, folder: Path, ref: str, app_id: str | None,
+              revision: int | None) -> ServedApp:
         file_name, _, class_name = ref.partition("::")
-        _forget_modules_under(self.cache_dir)
-        return self.registry.load(f"{folder / file_name}::{class_name}", app_id, revision)
+        with self._loading:
+            _forget_modules_under(self.cache_dir)
+            return self.registry.load(f"{folder / file_name}::{class_name}", app_id, revision)
 
     async def _unpacked(self, revision: AppRevision) -> Path:
         """Each revision in a folder of its own (a redeploy of the same code too: each
