@@ -32,7 +32,16 @@ class Where(BaseModel):
     runner_id: str
     secret: str | None
     torch_threads: int | None
+    blas_threads: int | None
     set_up_at: float  # seconds since boot, as /proc counts a process's start
+
+
+def blas_threads() -> int:
+    import numpy  # noqa: F401  (torch imports it: its BLAS is loaded)
+    from threadpoolctl import threadpool_info
+
+    return max(pool["num_threads"] for pool in threadpool_info()
+               if pool["user_api"] == "blas")
 
 
 class Probe(openfal.App, app_name="probe", keep_alive=0.2):
@@ -51,6 +60,7 @@ class Probe(openfal.App, app_name="probe", keep_alive=0.2):
                      secret=os.environ.get("PROBE_SECRET"),
                      torch_threads=importlib.import_module("torch").get_num_threads()
                      if "torch" in self.runtime_modules else None,
+                     blas_threads=blas_threads() if "torch" in self.runtime_modules else None,
                      set_up_at=self.set_up_at)
 '''
 
@@ -114,8 +124,9 @@ def test_runners_after_the_first_are_forked_from_the_template(
 
 def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(
         start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
-    """torch starts OpenMP's threads when imported, which would make forking unsafe: the
-    template imports it single-threaded and each runner gets the threads a spawned one has."""
+    """torch starts OpenMP's and numpy's BLAS threads when imported, which would make forking
+    unsafe: the template imports it single-threaded and each runner gets the threads a
+    spawned one has."""
     pytest.importorskip("torch")
     server = start_server("--no-builtin", "--app", write_probe(tmp_path, ("torch",)))
     with server.client() as client:
@@ -123,7 +134,9 @@ def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(
         forked = next_runner(client, server, spawned)
         templates = client.get("/api/runners").json()["templates"]
     assert "openfal.runner.template" in forked["parent"], templates
-    assert forked["torch_threads"] == spawned["torch_threads"] == len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
+    assert forked["torch_threads"] == spawned["torch_threads"] == cores
+    assert forked["blas_threads"] == spawned["blas_threads"] == cores
 
 
 def test_without_templates_every_runner_is_spawned(

@@ -11,9 +11,10 @@ child's pid. The worker watches the child's exit through a pidfd, so the kernel 
 children (``SIGCHLD`` ignored here).
 
 Forking is only safe from a process with one thread and no CUDA context. Importing torch
-starts OpenMP's thread pool (a thread per core), so the template imports with
-``OMP_NUM_THREADS=1`` and each runner sets torch's thread count after the fork, to its
-environment's ``OMP_NUM_THREADS`` or the cores it may use, as a spawned runner's torch would.
+starts thread pools (OpenMP's, and numpy's OpenBLAS: a thread per core), so the template
+imports with them set to one thread (``THREAD_VARIABLES``), and each runner gives them the
+threads a spawned runner's would have after the fork: its environment's setting, else the
+cores it may use.
 The template checks both after its imports and refuses to serve otherwise: the worker then
 starts runners as plain processes. It exits when the worker's end of the control socket
 closes.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import os
@@ -36,10 +38,15 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 1024 * 1024  # an environment with its secrets
 
 
+# What OpenMP and BLAS libraries read for their thread count when they load (OpenBLAS reads
+# the first one set of its own, then OpenMP's).
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def _imported(modules: list[str]) -> None:
-    """Import ``modules`` without OpenMP starting its thread pool (torch would)."""
-    inherited = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
+    """Import ``modules`` with their thread pools at one thread (see the module docstring)."""
+    inherited = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update(dict.fromkeys(THREAD_VARIABLES, "1"))
     try:
         for name in modules:
             try:
@@ -47,20 +54,33 @@ def _imported(modules: list[str]) -> None:
             except Exception as exc:  # the runner reports it properly when it needs it
                 log.info("runner template: not importing %s (%s)", name, exc)
     finally:
-        if inherited is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = inherited
+        for name, value in inherited.items():
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
 
 
-def _restore_torch_threads() -> None:
-    """Give torch, imported single-threaded, the thread count a spawned runner's would have."""
+def _thread_count(*variables: str) -> int:
+    """The threads the first of ``variables`` set asks for, else the cores this may use."""
+    for name in variables:
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0))
+
+
+def _restore_threads() -> None:
+    """In a forked runner: torch's and BLAS's thread pools, imported single-threaded, as a
+    spawned runner's would be."""
     torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    wanted = os.environ.get("OMP_NUM_THREADS", "")
-    torch.set_num_threads(int(wanted) if wanted.isdigit() and int(wanted) > 0
-                          else len(os.sched_getaffinity(0)))
+    if torch is not None:
+        torch.set_num_threads(_thread_count("OMP_NUM_THREADS"))
+    if "numpy" in sys.modules:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(_thread_count("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"),
+                          user_api="blas")
 
 
 def _unsafe_to_fork() -> str | None:
@@ -71,6 +91,8 @@ def _unsafe_to_fork() -> str | None:
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         return "CUDA was initialised by the template's imports"
+    if "numpy" in sys.modules and importlib.util.find_spec("threadpoolctl") is None:
+        return "threadpoolctl is not installed: forked runners' BLAS would stay single-threaded"
     return None
 
 
@@ -87,7 +109,7 @@ def _become_runner(control: socket.socket, fd: int, request: dict[str, Any]) -> 
     os.setsid()  # a process group of its own, as a spawned runner has: killed as one
     os.environ.clear()
     os.environ.update(request["env"])
-    _restore_torch_threads()
+    _restore_threads()
     run_runner(request["app"], fd)
 
 
