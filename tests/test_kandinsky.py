@@ -9,7 +9,6 @@ its time on a CPU, so the module makes three (one served, two in-process).
 from __future__ import annotations
 
 import base64
-import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -24,13 +23,13 @@ from test_run_and_queue import submit, wait_done
 
 pytest.importorskip("diffusers")
 pytest.importorskip("av")
-import av
 import numpy as np
 
 from openfal.catalog.schemas.kandinsky5 import Kandinsky5TextToVideoInput
 from openfal.models import kandinsky
 from openfal.models.tiny import make_tiny
 from test_kontext import progress_steps, serve
+from test_wan import decoded
 
 ENDPOINT = "fal-ai/kandinsky5/text-to-video"
 BODY = {"prompt": "a fox in the snow", "resolution": "512x512", "video_length": "5s",
@@ -69,15 +68,6 @@ def served(kandinsky_server: ServerProcess) -> dict[str, Any]:
         download = client.get(result["video"]["url"])
         assert download.status_code == 200
     return {"steps": steps, "result": result, "mp4": download.content}
-
-
-def decoded(data: bytes) -> tuple[float, list[np.ndarray]]:
-    """The stream's frame rate and its frames as RGB arrays."""
-    with av.open(io.BytesIO(data)) as container:
-        stream = container.streams.video[0]
-        assert stream.codec_context.name == "h264"
-        return float(stream.average_rate), [frame.to_ndarray(format="rgb24")
-                                            for frame in container.decode(stream)]
 
 
 def inline_frames(url: str) -> np.ndarray:
