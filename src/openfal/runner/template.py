@@ -14,10 +14,10 @@ Forking is only safe from a process with one thread and no CUDA context. Importi
 starts thread pools (OpenMP's, and numpy's OpenBLAS: a thread per core), so the template
 imports with them set to one thread (``THREAD_VARIABLES``), and each runner gives them the
 threads a spawned runner's would have after the fork: its environment's setting, else the
-cores it may use.
-The template checks both after its imports and refuses to serve otherwise: the worker then
-starts runners as plain processes. It exits when the worker's end of the control socket
-closes.
+cores it may use (BLAS's through threadpoolctl). After its imports the template checks that
+it runs one thread, that CUDA is not initialised and, where numpy was imported, that
+threadpoolctl is there; it refuses to serve otherwise, and the worker then starts runners as
+plain processes. It exits when the worker's end of the control socket closes.
 """
 
 from __future__ import annotations
