@@ -4,9 +4,10 @@ peak memory of the one runner that serves the three Kontext endpoints.
 
 The model is a tiny random FluxKontextPipeline built in code (``openfal models make-tiny
 flux-kontext``), so the ratio isolates what openfal adds per request: the queue, dispatch to
-the runner, decoding the input image from its data URI, PNG encoding and storage, status and
-result fetches. The direct baseline gets the decoded input image, passes the arguments the
-app passes (the generation's own area, no automatic resize) and encodes a PNG the same way.
+the runner, the input image from its data URI to a file, storage of the output, status and
+result fetches. The direct baseline does what a script holding the same input PNG would:
+decodes it, calls the pipeline with the arguments the app passes (the generation's own area,
+no automatic resize) and encodes the result as a PNG the way the app does.
 Usage::
 
     python bench/bench_kontext.py [--requests 20] [--size 256] [--steps 8]
@@ -40,24 +41,29 @@ def input_image(size: int) -> Image.Image:
     return Image.radial_gradient("L").resize((size, size)).convert("RGB")
 
 
-def data_uri(image: Image.Image) -> str:
+def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
 
 
-def direct_editor(model_dir: Path, image: Image.Image, steps: int) -> Callable[[int], float]:
-    """The diffusers pipeline loaded in this process; each call edits ``image`` once (and
-    encodes the result as PNG) and returns the time it took."""
+def data_uri(image: Image.Image) -> str:
+    return "data:image/png;base64," + base64.b64encode(png(image)).decode()
+
+
+def direct_editor(model_dir: Path, image_png: bytes, steps: int) -> Callable[[int], float]:
+    """The diffusers pipeline loaded in this process; each call decodes ``image_png``, edits
+    it once, encodes the result as PNG and returns the time it took."""
     import torch
     from diffusers import FluxKontextPipeline
 
     pipeline = FluxKontextPipeline.from_pretrained(model_dir, dtype=torch.float32)
     pipeline.set_progress_bar_config(disable=True)
-    width, height = image.size
 
     def edit(seed: int) -> float:
         started = time.perf_counter()
+        image = Image.open(io.BytesIO(image_png)).convert("RGB")
+        width, height = image.size
         result = pipeline(image=image, prompt=PROMPT, width=width, height=height,
                           max_area=width * height, _auto_resize=False,
                           num_inference_steps=steps, guidance_scale=2.5,
@@ -97,7 +103,7 @@ def measure(data_dir: Path, model_dir: Path, size: int, steps: int,
     """Direct and queued edits, alternated so that both see the same machine; then the
     runner's peak memory once it has served all three endpoints."""
     image = input_image(size)
-    direct = direct_editor(model_dir, image, steps)
+    direct = direct_editor(model_dir, png(image), steps)
     image_uri = data_uri(image)
 
     def body(seed: int) -> dict:

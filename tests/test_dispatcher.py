@@ -14,7 +14,7 @@ from openfal.app.registry import Registry
 from openfal.dispatcher.dispatcher import Dispatcher
 from openfal.dispatcher.jobs import Priority
 from openfal.runner.protocol import Result
-from openfal.store.base import Mode
+from openfal.store.base import Mode, Status
 from openfal.store.sqlite import SQLiteStore
 
 ECHO = "openfal/echo"
@@ -181,3 +181,74 @@ async def test_direct_runs_handed_to_a_claim_whose_worker_went_away_go_back(
     assert await dispatcher.finish(reply.assignments[0].attempt_id,
                                    Result(direct.id, 200, b"{}"))
     assert (await direct.done).status == 200
+
+
+def count_store_claims(dispatcher: Dispatcher, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The workers of the claims that asked the store from now on."""
+    asked: list[str] = []
+    claim = dispatcher.store.claim
+
+    def counted(endpoint_ids, worker_id, **kwargs):
+        asked.append(worker_id)
+        return claim(endpoint_ids, worker_id, **kwargs)
+
+    monkeypatch.setattr(dispatcher.store, "claim", counted)
+    return asked
+
+
+def queued_job(dispatcher: Dispatcher, options: dict | None = None):
+    served, _ = dispatcher.registry.resolve(ECHO)
+    return dispatcher.new_job(served, "/", b'{"prompt": "hi"}', {}, Mode.QUEUE,
+                              Priority.NORMAL, options or {}, key_id="key-1")
+
+
+async def test_a_queued_request_goes_straight_to_a_waiting_worker(dispatcher,
+                                                                   monkeypatch) -> None:
+    # A worker waits for work of the endpoint, so nothing waits before this request: it is
+    # handed to that worker as it is stored, with no second write to claim it (the runner
+    # starts while the row commits). Once submit returns, the row is committed, claimed.
+    claiming = asyncio.ensure_future(dispatcher.claim("worker-echo", [ECHO], 1, wait=60))
+    while not dispatcher._parked:
+        await asyncio.sleep(0)
+    asked = count_store_claims(dispatcher, monkeypatch)
+    job = queued_job(dispatcher)
+    await dispatcher.submit(job)
+    stored = await dispatcher.store.get_request(job.id)
+    assert stored is not None and stored.status is Status.IN_PROGRESS
+    reply = await asyncio.wait_for(claiming, 10)
+    assert [a.request_id for a in reply.assignments] == [job.id]
+    assert asked == []
+    assert await dispatcher.finish(reply.assignments[0].attempt_id,
+                                   Result(job.id, 200, b'{"text": "hi"}'))
+    finished = await dispatcher.store.get_request(job.id)
+    assert finished is not None and finished.status is Status.COMPLETED
+
+
+async def test_a_queued_request_with_a_key_limit_is_claimed_by_the_store(
+        dispatcher, monkeypatch) -> None:
+    # The store counts the key's running requests: the waiting worker is woken to claim.
+    claiming = asyncio.ensure_future(dispatcher.claim("worker-echo", [ECHO], 1, wait=60))
+    while not dispatcher._parked:
+        await asyncio.sleep(0)
+    asked = count_store_claims(dispatcher, monkeypatch)
+    job = queued_job(dispatcher, {"key_limit": 1})
+    await dispatcher.submit(job)
+    reply = await asyncio.wait_for(claiming, 10)
+    assert [a.request_id for a in reply.assignments] == [job.id]
+    assert asked == ["worker-echo"]
+    assert await dispatcher.finish(reply.assignments[0].attempt_id, Result(job.id, 200, b"{}"))
+
+
+async def test_a_queued_request_handed_to_a_worker_that_went_away_waits_again(
+        dispatcher) -> None:
+    claiming = asyncio.ensure_future(dispatcher.claim("gone-worker", [ECHO], 1, wait=60))
+    while not dispatcher._parked:
+        await asyncio.sleep(0)
+    job = queued_job(dispatcher)
+    await dispatcher.submit(job)
+    dispatcher.unanswered(await claiming)
+    reply = await asyncio.wait_for(dispatcher.claim("worker-echo", [ECHO], 1, wait=60), 10)
+    assert [a.request_id for a in reply.assignments] == [job.id]
+    assert await dispatcher.finish(reply.assignments[0].attempt_id, Result(job.id, 200, b"{}"))
+    finished = await dispatcher.store.get_request(job.id)
+    assert finished is not None and finished.status is Status.COMPLETED

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import APPS, ServerProcess
+from conftest import APPS, ServerProcess, wait_for
 
 
 def png_bytes(width: int = 32, height: int = 16) -> bytes:
@@ -77,6 +77,25 @@ def test_image_input_as_data_uri_and_output_stored(client: httpx.Client) -> None
     assert int(download.headers["content-length"]) == flipped["file_size"]
     image = Image.open(io.BytesIO(download.content))
     assert image.getpixel((31, 0)) == (0, 0, 255)  # the marked pixel moved to the right
+
+
+def test_fetched_inputs_are_removed_once_answered(tmp_path: Path) -> None:
+    # Each request's inputs are fetched into a folder of their own under the runner's
+    # temporary directory; it is removed after the answer is sent, whatever the outcome.
+    temp = tmp_path / "runner-tmp"
+    temp.mkdir()
+    args = ["--no-auth", "--no-builtin", "--app", f"{APPS}::Media"]
+    with (ServerProcess(tmp_path / "data", args, env={"TMPDIR": str(temp)}) as server,
+          server.client() as client):
+        image = {"image": data_uri(png_bytes())}
+        assert client.post("/openfal/media", json=image).status_code == 200
+        broken = {"image": data_uri(b"not an image")}
+        assert client.post("/openfal/media", json=broken).status_code >= 400
+        wait_for(lambda: not list(temp.glob("openfal-request-*")),
+                 what="the requests' input folders removed")
+        assert client.post("/openfal/media", json=image).status_code == 200
+        wait_for(lambda: not list(temp.glob("openfal-request-*")),
+                 what="the input folder of the next request removed")
 
 
 def test_inputs_by_http_url_and_plain_url_string(client: httpx.Client, web: str) -> None:

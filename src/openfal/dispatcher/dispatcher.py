@@ -228,13 +228,28 @@ class Dispatcher:
                    priority=priority, created_at=time.time(), options=options, key_id=key_id)
 
     async def submit(self, job: Job, max_queue_length: int | None = None) -> None:
-        """Accept a queued request: returns once it is committed to the store."""
+        """Accept a queued request: returns once it is committed to the store.
+
+        A worker waiting on this gateway for work of its endpoint (so none waits before
+        this one) is handed it at once, claimed as it is stored: its runner starts while
+        the row commits, rather than once a second write has claimed it. A request with a
+        key limit is claimed by the store, which counts the key's running requests."""
         self._check_accepting()
         if max_queue_length is not None:
             waiting = await self.store.waiting(self._app_endpoints(job.app_id),
                                                max_queue_length)
             if waiting >= max_queue_length:
                 raise QueueFull(waiting)
+        stored = self._hand_to_parked(job) if job.key_limit is None else None
+        if stored is not None:
+            self.jobs[job.id] = job
+            try:
+                await stored
+            except Exception:
+                # Not accepted: its attempt finds no row when it ends, and is dropped.
+                self.jobs.pop(job.id, None)
+                raise
+            return
         record = job.to_record()
         await self.store.add_request(record)
         self.jobs[job.id] = job
@@ -290,7 +305,7 @@ class Dispatcher:
         for job in taking.pending:
             job.pending_on = None
             if len(claims) < room:
-                claims.append(self._claim_in_memory(job, taking.worker_id))
+                claims.append(self._claim_in_memory(job, taking.worker_id)[0])
             else:
                 self._spawn(self._wait_in_store_or_fail(job))
         taking.pending.clear()
@@ -465,27 +480,28 @@ class Dispatcher:
         for endpoint_id in endpoint_ids:
             self._may_wait[endpoint_id] = True
 
-    def _hand_to_parked(self, job: Job) -> Claim | None:
-        """Give a direct run straight to a worker waiting on this gateway for work of its
-        endpoint, if there is one: a claim made here, recorded as the request is stored."""
+    def _hand_to_parked(self, job: Job) -> asyncio.Future[None] | None:
+        """Give a new request straight to a worker waiting on this gateway for work of its
+        endpoint, if there is one: a claim made here, recorded as the request is stored.
+        Returns that write (None: no worker waits for it)."""
         for parked in self._parked:
             if (parked.can_take(job.endpoint_id)
                     and parked.worker_id not in self._silent_workers):
-                claim = self._claim_in_memory(job, parked.worker_id)
+                claim, stored = self._claim_in_memory(job, parked.worker_id)
                 parked.handed.append(claim)
                 if not parked.future.done():
                     parked.future.set_result(parked.handed)
-                return claim
+                return stored
         return None
 
-    def _claim_in_memory(self, job: Job, worker_id: str) -> Claim:
-        """A direct run claimed without asking the store: recorded with its row."""
+    def _claim_in_memory(self, job: Job, worker_id: str) -> tuple[Claim, asyncio.Future[None]]:
+        """A new request claimed without asking the store, and the write that stores its
+        row with the claim."""
         now = time.time()
         record = job.to_record()
         record.status, record.attempts, record.started_at = Status.IN_PROGRESS, 1, now
         claim = Claim(record, new_id(), now + self.lease_seconds, worker_id)
-        self.store.add_request(claim.request, claim)
-        return claim
+        return claim, self.store.add_request(claim.request, claim)
 
     def _started(self, claim: Claim) -> Assignment:
         if self.positions is not None:

@@ -310,7 +310,10 @@ class Runner:
             return _SERVER_ERROR
         finally:
             if scratch is not None:
-                shutil.rmtree(scratch, ignore_errors=True)
+                # After the answer: serve() sends it before this loop turn ends. Off the
+                # loop, as removing a large input can take a while.
+                self.loop.call_soon(self.loop.run_in_executor, None, functools.partial(
+                    shutil.rmtree, scratch, ignore_errors=True))
 
     async def run_endpoint(self, ctx: RequestContext, spec: EndpointSpec,
                            args: list[Any]) -> Any:
