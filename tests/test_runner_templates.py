@@ -18,10 +18,14 @@ from conftest import wait_for
 APP = '''
 import importlib
 import os
+import sys
 import time
 
 import openfal
 from pydantic import BaseModel
+
+# Imported by setup(): a module of the standard library, and one of the app's own beside it.
+ALREADY_IMPORTED = {name: name in sys.modules for name in ("colorsys", "probe_helper")}
 
 
 class Where(BaseModel):
@@ -34,6 +38,8 @@ class Where(BaseModel):
     torch_threads: int | None
     blas_threads: int | None
     set_up_at: float  # seconds since boot, as /proc counts a process's start
+    already_imported: dict[str, bool]  # before this module was
+    nice: int
 
 
 def blas_threads() -> int:
@@ -48,6 +54,9 @@ class Probe(openfal.App, app_name="probe", keep_alive=0.2):
     runtime_modules = RUNTIME_MODULES
 
     def setup(self) -> None:
+        import colorsys  # noqa: F401
+        import probe_helper  # noqa: F401
+
         self.set_up_at = time.clock_gettime(time.CLOCK_BOOTTIME)
 
     @openfal.endpoint("/")
@@ -61,13 +70,15 @@ class Probe(openfal.App, app_name="probe", keep_alive=0.2):
                      torch_threads=importlib.import_module("torch").get_num_threads()
                      if "torch" in self.runtime_modules else None,
                      blas_threads=blas_threads() if "torch" in self.runtime_modules else None,
-                     set_up_at=self.set_up_at)
+                     set_up_at=self.set_up_at, already_imported=ALREADY_IMPORTED,
+                     nice=os.getpriority(os.PRIO_PROCESS, 0))
 '''
 
 
 def write_probe(folder: Path, runtime_modules: tuple[str, ...]) -> str:
     path = folder / "probe.py"
     path.write_text(APP.replace("RUNTIME_MODULES", repr(runtime_modules)))
+    (folder / "probe_helper.py").write_text("")
     return f"{path}::Probe"
 
 
@@ -120,6 +131,24 @@ def test_runners_after_the_first_are_forked_from_the_template(
     assert all(runner["session_leader"] for runner in later)
     assert len({runner["runner_id"] for runner in later}) == 3
     assert {runner["secret"] for runner in later} == {"s3cret"}  # read as each one started
+
+
+def test_forked_runners_start_with_the_library_modules_the_first_runner_imported(
+        start_server: Callable[..., ServerProcess], probe_app: str) -> None:
+    # What the first runner had imported by the end of setup() comes with the fork (a
+    # pipeline's modules: most of a forked runner's cold start otherwise); the app's own
+    # code does not: importing it in the template could do anything.
+    server = start_server("--no-builtin", "--app", probe_app)
+    with server.client() as client:
+        spawned = where(client)
+        forked = next_runner(client, server, spawned)
+        [template] = client.get("/api/runners").json()["templates"]
+    assert "openfal.runner.template" in forked["parent"], template
+    assert spawned["already_imported"] == {"colorsys": False, "probe_helper": False}
+    assert forked["already_imported"] == {"colorsys": True, "probe_helper": False}
+    assert template["first_runner_modules"] > 0
+    # The template imports at the lowest CPU priority, in a thread: not what it forks.
+    assert forked["nice"] == spawned["nice"] == os.getpriority(os.PRIO_PROCESS, 0)
 
 
 def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(

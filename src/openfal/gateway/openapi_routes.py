@@ -105,7 +105,8 @@ class RunnerTemplate(TypedDict):
     python: str
     pid: int | None
     state: Literal["starting", "ready", "unused"]
-    preload: list[str]
+    preload: list[str]  # the apps' runtime_modules
+    first_runner_modules: int  # library modules of its first runner's, imported too
 
 
 class RunnerListing(TypedDict):

@@ -174,9 +174,17 @@ class DiffusersApp(openfal.App):
     machine_type = "GPU-H100"
     # Python modules the app needs (a 503 naming the missing ones otherwise).
     runtime_modules: tuple[str, ...] = ("torch", "diffusers", "transformers")
+    # The diffusers pipelines it loads (on first use). setup() imports their modules, and
+    # with them the text encoders' and what they pull in (peft, accelerate: about a second):
+    # a runner template then has them for the runners it forks (runner/template.py).
+    pipeline_classes: tuple[str, ...] = ()
 
     def setup(self) -> None:
         require_runtime(*self.runtime_modules)
+        import diffusers
+
+        for name in self.pipeline_classes:
+            getattr(diffusers, name)
         self._loaded: dict[str, LoadedPipeline] = {}
         self._loading = threading.Lock()
 
@@ -414,6 +422,8 @@ def packed_preview(pipeline: Any, width: int, height: int) -> PreviewDecoder:
 class FluxBase(DiffusersApp):
     """FLUX.1-family generation (``FluxPipeline`` and its Kontext siblings); subclasses add
     endpoints."""
+
+    pipeline_classes = ("FluxPipeline",)
 
     def flux_call(self, pipeline: Any, input: Any, width: int, height: int,
                   num_images: int | None = None) -> dict[str, Any]:

@@ -60,6 +60,7 @@ class FluxKontextLora(FluxBase):
     app_owner = "fal-ai"
     app_name = "flux-kontext-lora"
     runtime_modules = ("torch", "diffusers", "transformers", "peft")
+    pipeline_classes = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
 
     @openfal.endpoint("/")
     def edit(self, input: pages.FluxKontextLoraInput) -> KontextEditOutput:

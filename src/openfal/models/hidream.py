@@ -44,6 +44,7 @@ class HidreamI1Full(DiffusersApp):
     app_owner = "fal-ai"
     app_name = "hidream-i1-full"
     runtime_modules = ("torch", "diffusers", "transformers", "peft")
+    pipeline_classes = ("HiDreamImagePipeline",)
 
     @openfal.endpoint("/")
     def generate_image(self, input: pages.HidreamI1FullInput) -> HidreamOutput:

@@ -82,6 +82,7 @@ class Kandinsky5(VideoDiffusionApp):
 
     app_owner = "fal-ai"
     app_name = "kandinsky5"
+    pipeline_classes = ("Kandinsky5T2VPipeline",)
 
     @openfal.endpoint("/text-to-video")
     def text_to_video(self, input: pages.Kandinsky5TextToVideoInput) -> Kandinsky5Output:

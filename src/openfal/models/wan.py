@@ -120,6 +120,7 @@ class WanBase(VideoDiffusionApp):
     app_name = "wan"
 
     runtime_modules = (*VideoDiffusionApp.runtime_modules, "peft")
+    pipeline_classes = ("WanPipeline",)
 
     def wan_call(self, pipeline: Any, input: WanTextToVideoInput, size: tuple[int, int]
                  ) -> dict[str, Any]:
@@ -170,6 +171,7 @@ class WanI2V(WanBase):
 
     # WanImageToVideoPipeline cleans prompts with ftfy and fails without it.
     runtime_modules = (*WanBase.runtime_modules, "ftfy")
+    pipeline_classes = ("WanImageToVideoPipeline",)
 
     @openfal.endpoint("/i2v")
     def i2v(self, input: WanImageToVideoInput) -> VideoOutput:

@@ -531,6 +531,7 @@ class WanTrainerBase(DiffusersApp):
 
     request_timeout = TRAINING_TIMEOUT
     runtime_modules = ("torch", "diffusers", "transformers", "peft", "av")
+    pipeline_classes = ("WanPipeline",)
     hub_id: ClassVar[str] = ""
     inference_endpoint: ClassVar[str] = ""
     max_area: ClassVar[int] = AREA_480P
@@ -626,6 +627,7 @@ class WanTrainerI2V720P(WanTrainerBase):
 
     # WanImageToVideoPipeline cleans prompts with ftfy and fails without it.
     runtime_modules = (*WanTrainerBase.runtime_modules, "ftfy")
+    pipeline_classes = ("WanImageToVideoPipeline",)
     hub_id = I2V_14B_720P
     inference_endpoint = "openfal/wan/i2v"
     max_area = AREA_720P

@@ -59,6 +59,7 @@ from openfal.runner.protocol import (
     encode,
     read_message,
 )
+from openfal.runner.template import library_modules
 from openfal.upstream.placement import is_routed_only
 
 # Where the import system runs a module's body: output from below these frames is the
@@ -166,8 +167,13 @@ def capture_output() -> tuple[_RequestOutput, _RequestOutput]:
 
 class Runner:
     def __init__(self, app_cls: type[App], writer: asyncio.StreamWriter,
-                 outputs: tuple[_RequestOutput, _RequestOutput]):
+                 outputs: tuple[_RequestOutput, _RequestOutput], *, report_modules: bool):
         self.app_cls = app_cls
+        # Whether its Ready lists the library modules it imported: a spawned runner's list
+        # may start its environment's template. A forked one's would not be used, and
+        # listing touches every module object, each a copy-on-write page fault after a fork
+        # (a quarter of a second with torch imported).
+        self.report_modules = report_modules
         self.app = app_cls()
         self.writer = writer
         self.loop = asyncio.get_running_loop()
@@ -212,7 +218,8 @@ class Runner:
             return await self.setup_failed(exc)
         except BaseException:
             return await self.setup_failed(None)
-        self.send(Ready(self.hints(), os.getpid()))
+        modules = library_modules(self.app_cls.__module__) if self.report_modules else []
+        self.send(Ready(self.hints(), os.getpid(), modules))
         return True
 
     async def setup_failed(self, exc: AppException | None) -> bool:
@@ -359,14 +366,14 @@ def _is_device_failure(exc: Exception) -> bool:
     return any(marker in text for marker in ("OutOfMemoryError", "CUDA error", "cuDNN error"))
 
 
-async def _main(app_ref: str, fd: int) -> int:
+async def _main(app_ref: str, fd: int, forked: bool) -> int:
     reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=fd))
     configure_media(media_config_from_environment())
     outputs = capture_output()
     app_cls = load_app(app_ref)
     if is_sdk_app(app_cls):
         install_sdk()  # ``import fal`` in setup() and endpoints too
-    runner = Runner(app_cls, writer, outputs)
+    runner = Runner(app_cls, writer, outputs, report_modules=not forked)
     if not await runner.start():
         return 1
     while True:
@@ -383,16 +390,16 @@ async def _main(app_ref: str, fd: int) -> int:
             return 0
 
 
-def run_runner(app_ref: str, fd: int) -> NoReturn:
+def run_runner(app_ref: str, fd: int, *, forked: bool = False) -> NoReturn:
     """Serve ``app_ref`` on the gateway's socket ``fd`` until told to stop, then exit (a
-    spawned runner's ``main``, and a forked one's: runner/template.py)."""
+    spawned runner's ``main``, and a ``forked`` one's: runner/template.py)."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:
         pass
-    code = asyncio.run(_main(app_ref, fd))
+    code = asyncio.run(_main(app_ref, fd, forked))
     sys.stdout.flush()
     os._exit(code)
 

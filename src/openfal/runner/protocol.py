@@ -52,6 +52,9 @@ class Stop:
 class Ready:
     hints: list[str]
     pid: int
+    # The library modules it imported by the end of setup(), in import order: the runner
+    # template of its environment imports them too, for the runners forked after it.
+    modules: list[str] = field(default_factory=list)
     tag: ClassVar[str] = "ready"
 
 

@@ -235,7 +235,8 @@ class AppPool:
             templates = self.worker.templates
             await runner.start(self.config.startup_timeout, environment,
                                templates.for_environment(variables, python))
-            templates.prepare(variables, python, self.worker.runtime_modules())
+            templates.prepare(variables, python, self.worker.runtime_modules(),
+                              runner.modules)
         except RunnerSetupFailed as exc:
             return exc
         except Exception as exc:

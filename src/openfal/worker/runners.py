@@ -64,6 +64,7 @@ class RunnerHandle:
         self.ready = False
         self.pid: int | None = None
         self.hints: list[str] = []
+        self.modules: list[str] = []  # the library modules it imported by the end of setup
         self.in_flight: dict[str, Attempt] = {}
         self.started_at = time.time()
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -121,6 +122,7 @@ class RunnerHandle:
             answer = (first.status, first.body) if first.status is not None else None
             raise RunnerSetupFailed(first.error, answer)
         self.hints = first.hints
+        self.modules = first.modules
         self.ready = True
 
     async def serve(self, on_message: OnMessage) -> None:

@@ -57,10 +57,12 @@ class ForkedProcess:
 
 
 class RunnerTemplate:
-    def __init__(self, python: str, env: dict[str, str], preload: Iterable[str]):
+    def __init__(self, python: str, env: dict[str, str], preload: Iterable[str],
+                 first_runner_modules: list[str]):
         self.python = python
         self.env = env
-        self.preload = sorted(set(preload))
+        self.preload = sorted(set(preload))  # the apps' runtime_modules
+        self.first_runner_modules = first_runner_modules
         self._control: socket.socket | None = None
         self._process: asyncio.subprocess.Process | None = None
         self._ready: asyncio.Task[bool] | None = None
@@ -77,8 +79,12 @@ class RunnerTemplate:
         try:
             self._process = await asyncio.create_subprocess_exec(
                 self.python, "-m", "openfal.runner.template", "--fd", str(theirs.fileno()),
-                "--preload", ",".join(self.preload), pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(theirs.fileno(),),
                 start_new_session=True, env=self.env)
+            assert self._process.stdin is not None
+            self._process.stdin.write(json.dumps(
+                [*self.preload, *self.first_runner_modules]).encode())
+            self._process.stdin.close()
         except OSError as exc:
             log.warning("runner template not started: %s", exc)
             self.stop()
@@ -90,8 +96,9 @@ class RunnerTemplate:
         except (TimeoutError, OSError, ValueError) as exc:
             answer = {"error": f"no answer ({exc!r})"}
         if answer.get("ready"):
-            log.info("runner template ready (pid %d, %s)", self._process.pid,
-                     ", ".join(self.preload) or "openfal only")
+            log.info("runner template ready (pid %d, %s and %d modules of the first runner's)",
+                     self._process.pid, ", ".join(self.preload) or "openfal",
+                     len(self.first_runner_modules))
             return True
         log.warning("runner template not used: %s", answer.get("error", answer))
         self.stop()
@@ -110,7 +117,8 @@ class RunnerTemplate:
         else:
             state = "ready" if self._ready.result() and self._control is not None else "unused"
         return {"python": self.python, "pid": self._process.pid if self._process else None,
-                "state": state, "preload": self.preload}
+                "state": state, "preload": self.preload,
+                "first_runner_modules": len(self.first_runner_modules)}
 
     async def fork(self, app_ref: str, env: dict[str, str], fd: int) -> ForkedProcess | None:
         """A runner of ``app_ref`` on socket ``fd`` with environment ``env``, forked; None
@@ -165,12 +173,14 @@ class Templates:
         return self._templates.get(self._key(variables, python))
 
     def prepare(self, variables: dict[str, str], python: str | None,
-                preload: Iterable[str]) -> None:
-        """Start that environment's template if there is none. Called once a runner of it
-        is up: the template's imports would otherwise compete with that runner's."""
+                preload: Iterable[str], runner_modules: list[str]) -> None:
+        """Start that environment's template if there is none, to import ``preload`` and
+        ``runner_modules`` (what the runner just set up had imported). Called once a runner
+        of it is up: the template's imports would otherwise compete with that runner's."""
         key = self._key(variables, python)
         if self.enabled and key not in self._templates:
-            template = RunnerTemplate(key[0], self._environment(variables), preload)
+            template = RunnerTemplate(key[0], self._environment(variables), preload,
+                                      runner_modules)
             self._templates[key] = template
             template.start()
 
