@@ -105,6 +105,17 @@ def next_runner(client: httpx.Client, server: ServerProcess, previous: dict) -> 
     return where(client)
 
 
+def spawned_and_forked(server: ServerProcess) -> tuple[dict, dict, list[dict]]:
+    """What the first runner of ``server``'s probe app says, what the next one (forked from
+    the template) says, and the templates listed then."""
+    with server.client() as client:
+        spawned = where(client)
+        forked = next_runner(client, server, spawned)
+        templates = client.get("/api/runners").json()["templates"]
+    assert "openfal.runner.template" in forked["parent"], templates
+    return spawned, forked, templates
+
+
 def started_at(pid: int) -> float:
     """When process ``pid`` started, in seconds since boot."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -138,12 +149,8 @@ def test_forked_runners_start_with_the_library_modules_the_first_runner_imported
     # What the first runner had imported by the end of setup() comes with the fork (a
     # pipeline's modules: most of a forked runner's cold start otherwise); the app's own
     # code does not: importing it in the template could do anything.
-    server = start_server("--no-builtin", "--app", probe_app)
-    with server.client() as client:
-        spawned = where(client)
-        forked = next_runner(client, server, spawned)
-        [template] = client.get("/api/runners").json()["templates"]
-    assert "openfal.runner.template" in forked["parent"], template
+    spawned, forked, [template] = spawned_and_forked(
+        start_server("--no-builtin", "--app", probe_app))
     assert spawned["already_imported"] == {"colorsys": False, "probe_helper": False}
     assert forked["already_imported"] == {"colorsys": True, "probe_helper": False}
     assert template["first_runner_modules"] > 0
@@ -157,12 +164,8 @@ def test_a_template_that_imports_torch_forks_runners_with_torchs_usual_threads(
     unsafe: the template imports it single-threaded and each runner gets the threads a
     spawned one has."""
     pytest.importorskip("torch")
-    server = start_server("--no-builtin", "--app", write_probe(tmp_path, ("torch",)))
-    with server.client() as client:
-        spawned = where(client)
-        forked = next_runner(client, server, spawned)
-        templates = client.get("/api/runners").json()["templates"]
-    assert "openfal.runner.template" in forked["parent"], templates
+    spawned, forked, _ = spawned_and_forked(
+        start_server("--no-builtin", "--app", write_probe(tmp_path, ("torch",))))
     cores = len(os.sched_getaffinity(0))
     assert forked["torch_threads"] == spawned["torch_threads"] == cores
     assert forked["blas_threads"] == spawned["blas_threads"] == cores
